@@ -1,0 +1,168 @@
+"""The ``rayprof`` command. Thin: parse → library call → print. User mistakes exit 2 with one
+line on stderr; a run in which an actor failed (or that was stopped) exits 1."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+
+import click
+
+from . import __version__
+from .errors import UserError
+
+
+def _user_errors(fn: Callable) -> Callable:
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            code = fn(*args, **kwargs)
+        except UserError as e:
+            click.echo(f"error: {e.message}", err=True)
+            sys.exit(e.exit_code)
+        sys.exit(code or 0)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="rayprof")
+def main() -> None:
+    """Profile PyTorch models on video streams, one stream per Ray actor."""
+
+
+_set = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                    help="Override a spec value, e.g. defaults.batch_size=32 or workers.r18.max_steps=50 (repeatable).")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@_set
+@click.option("--address", default=None, help="Ray cluster address (auto, host:port, ray://host:10001). "
+              "Default: spec `address`, then RAY_ADDRESS, then an embedded local Ray.")
+@click.option("--output", default=None, help="Dataset root (overrides the spec's `output`).")
+@_user_errors
+def submit(spec_path: str, overrides: tuple[str, ...], address: str | None, output: str | None) -> int:
+    """Run the fleet in SPEC on Ray: one actor per worker replica."""
+    from .spec import load_fleet
+
+    spec = load_fleet(spec_path, list(overrides) + ([f"output={output}"] if output else []))
+    from . import fleet
+
+    return fleet.submit(spec, address=address)
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@_set
+@click.option("--remote", is_flag=True, help="The workers run on a cluster: skip the checks of local files, cores and GPUs.")
+@_user_errors
+def validate(spec_path: str, overrides: tuple[str, ...], remote: bool) -> int:
+    """Check SPEC without starting anything and print the resolved plan."""
+    from rich.table import Table
+
+    from . import driver
+    from .plan import make_run_id
+    from .spec import load_fleet
+
+    spec = load_fleet(spec_path, list(overrides))
+    driver.preflight(spec, local=not remote)
+    plans = driver.local_plans(spec, make_run_id(spec.run))
+    rows = [driver.plan_row(p) for p in plans]
+    table = Table(box=None, header_style="bold", title=f"{spec_path}: {len(plans)} actor(s), output {spec.output}/")
+    for col in rows[0]:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(str(v) for v in r.values()))
+    con = driver.console()
+    con.print(table)
+    con.print("spec OK")
+    return 0
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.option("--model-name", "--model_name", "model_name", default="resnet50", show_default=True,
+              help="torchvision classification model (see `rayprof models`).")
+@click.option("--input_path", "--input-path", "input_path", default="sample", show_default=True,
+              help="Video file, camera index ('0'), http(s)/rtsp URL, 'synthetic', or 'sample' (generated test video).")
+@click.option("--mode", type=click.Choice(["inference", "retrain"]), default="inference", show_default=True)
+@click.option("--batch-size", "--batch_size", "batch_size", type=int, default=8, show_default=True)
+@click.option("--prep-level", "--prep_level", "prep_level", default="simple", show_default=True,
+              help="simple, medium or complex.")
+@click.option("--prep-on-gpu", "--prep_on_gpu", "prep_on_gpu", is_flag=True, help="Preprocess on the GPU.")
+@click.option("--infer-on-gpu", "--infer_on_gpu", "infer_on_gpu", is_flag=True,
+              help="Run the model on the GPU (default: CPU, as in the original tool).")
+@click.option("--core-bind", "--core_bind", "core_bind", default="all", show_default=True,
+              help="CPU cores to pin: all, 0-3, 0,2,4-5.")
+@click.option("--enable-compile", "--enable_compile", "enable_compile", is_flag=True, help="torch.compile the model (inference).")
+@click.option("--use-amp", "--use_amp", "use_amp", is_flag=True, help="Automatic mixed precision.")
+@click.option("--max-steps", "--max_steps", "max_steps", type=int, default=100, show_default=True,
+              help="Batches to run; 0 = until the video ends.")
+@click.option("--warmup-steps", "warmup_steps", type=int, default=5, show_default=True,
+              help="First steps flagged warm-up, left out of the summary.")
+@click.option("--weights", default=None, help="none (random init), a torchvision weights name, or a local state-dict path.")
+@click.option("--num-classes", "num_classes", type=int, default=None, help="Retrain: classes of the new head.")
+@click.option("--loop", is_flag=True, help="Loop a video file until --max-steps.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", default="runs", show_default=True, help="Dataset root.")
+@click.option("--run-name", "run_name", default="run", show_default=True)
+@_user_errors
+def run(**o) -> int:
+    """Run ONE worker in this process, without Ray (the original worker.py's flags)."""
+    from . import driver
+    from .spec import parse_fleet
+
+    worker = {
+        "name": o["model_name"].replace("/", "_")[:64] or "worker",
+        "source": {"uri": o["input_path"], "loop": o["loop"]},
+        "model": {"name": o["model_name"], "weights": o["weights"], "num_classes": o["num_classes"],
+                  "compile": o["enable_compile"], "amp": o["use_amp"]},
+        "mode": o["mode"],
+        "batch_size": o["batch_size"],
+        "prep": {"level": o["prep_level"], "device": "cuda" if o["prep_on_gpu"] else "cpu"},
+        "device": "cuda" if o["infer_on_gpu"] else "cpu",
+        "cores": o["core_bind"],
+        "max_steps": o["max_steps"],
+        "warmup_steps": o["warmup_steps"],
+        "seed": o["seed"],
+    }
+    spec = parse_fleet({"run": o["run_name"], "output": o["output"], "workers": [worker]}, "rayprof run")
+    return driver.run_single(spec)
+
+
+@main.command()
+@click.option("--filter", "pattern", default=None, help="Only names containing this text.")
+@_user_errors
+def models(pattern: str | None) -> int:
+    """List the torchvision classification models rayprof can load."""
+    from .model import classification_models
+
+    names = [n for n in classification_models() if not pattern or pattern in n]
+    click.echo("\n".join(names))
+    return 0
+
+
+@main.command("sample-video")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--seconds", type=float, default=10.0, show_default=True)
+@click.option("--fps", type=float, default=30.0, show_default=True)
+@click.option("--size", default="640x360", show_default=True, help="WIDTHxHEIGHT")
+@_user_errors
+def sample_video(path: str, seconds: float, fps: float, size: str) -> int:
+    """Write a generated test video (moving shapes, frame counter) to PATH."""
+    from .source import make_sample_video
+
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise UserError("--size", size, "is not WIDTHxHEIGHT", "write e.g. --size 1280x720") from None
+    if seconds <= 0 or fps <= 0 or width <= 0 or height <= 0:
+        raise UserError("--seconds/--fps/--size", f"{seconds}/{fps}/{size}", "must be positive", "give positive values")
+    out = make_sample_video(path, seconds=seconds, fps=fps, width=width, height=height)
+    click.echo(str(out))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

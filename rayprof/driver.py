@@ -1,0 +1,349 @@
+"""What every driver does, with or without Ray: pre-flight checks, the manifest, live
+progress, and the final table. ``rayprof run`` (one worker, in-process) lives here too;
+``fleet.py`` adds Ray around the same pieces.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from . import __version__
+from .errors import UserError
+from .metrics import SCHEMA_VERSION, summarize
+from .plan import WorkerPlan, make_run_id, plan_fleet
+from .sink import DatasetWriter, read_table, run_dir, write_manifest
+from .spec import FleetSpec
+from .sysinfo import host_info
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def preflight(spec: FleetSpec, *, local: bool = True) -> None:
+    """Semantic checks before anything starts; raises the first UserError.
+
+    ``local``: the workers run on this machine, so files, cores and GPUs are checked here.
+    """
+    from .model import check_device, check_model
+    from .prep import check_prep
+    from .samples import resolve_uri
+    from .source import SourceSettings, check_source
+
+    for i, w in enumerate(spec.workers):
+        f = f"workers[{i}]"
+        check_model(w.model.name, w.model.weights, field_prefix=f"{f}.model")
+        check_prep(w.prep.level, w.prep.device if local else "cpu", field=f"{f}.prep")
+        if local and w.device != "auto":
+            check_device(w.device, field=f"{f}.device")
+        if local:
+            check_source(SourceSettings(uri=resolve_uri(w.source.uri), width=w.source.width,
+                                        height=w.source.height, field=f"{f}.source.uri"))
+
+
+def local_plans(spec: FleetSpec, run_id: str) -> list[WorkerPlan]:
+    from . import affinity
+
+    import torch
+
+    return plan_fleet(spec, run_id, cores_available=affinity.available_cores(),
+                      cuda_available=torch.cuda.is_available())
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def masked_spec(spec: FleetSpec) -> dict:
+    from .source import mask_url
+
+    data = spec.model_dump(mode="json")
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: (mask_url(v) if k == "uri" and isinstance(v, str) else walk(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(x) for x in node]
+        return node
+
+    return walk(data)
+
+
+def plan_row(plan: WorkerPlan) -> dict:
+    from .affinity import format_cores
+    from .source import mask_url
+
+    return {
+        "worker": plan.worker,
+        "replica": plan.replica,
+        "actor_id": plan.actor_id,
+        "source": mask_url(plan.source.uri) + (" (loop)" if plan.source.loop else ""),
+        "model": plan.model,
+        "mode": plan.mode,
+        "batch": plan.batch_size,
+        "prep": f"{plan.prep_level}@{plan.prep_device}",
+        "exec": plan.exec_device,
+        "amp": plan.amp,
+        "compile": plan.compile,
+        "cores": format_cores(plan.cores),
+        "cpus": plan.num_cpus,
+        "max_steps": plan.max_steps or "until end",
+        "warmup": plan.warmup_steps,
+    }
+
+
+class Manifest:
+    """The run's ``_manifest.json``, rewritten atomically at start and at the end."""
+
+    def __init__(self, root: str | os.PathLike, run_id: str, spec: FleetSpec, plans: list[WorkerPlan], mode: str):
+        self.root, self.run_id = Path(root), run_id
+        self.t0 = time.time()
+        self.data = {
+            "manifest_version": 1,
+            "schema_version": SCHEMA_VERSION,
+            "run_id": run_id,
+            "run_name": spec.run,
+            "status": "running",
+            "exit_code": None,
+            "started_at": _iso(self.t0),
+            "ended_at": None,
+            "duration_s": None,
+            "launcher": mode,
+            "command": [_mask_arg(a) for a in sys.argv],
+            "rayprof_version": __version__,
+            "driver": host_info(),
+            "nodes": {},
+            "spec": masked_spec(spec),
+            "actors": {p.actor_id: {"plan": plan_row(p), "status": "pending"} for p in plans},
+            "dataset": {"root": str(self.root.resolve()), "path": str(run_dir(self.root, run_id).resolve())},
+        }
+        self.write()
+
+    def write(self) -> None:
+        write_manifest(self.root, self.run_id, self.data)
+
+    def actor(self, actor_id: str, **fields) -> None:
+        self.data["actors"][actor_id].update(fields)
+
+    def finish(self, status: str, exit_code: int, **extra) -> None:
+        t1 = time.time()
+        self.data.update(status=status, exit_code=exit_code, ended_at=_iso(t1), duration_s=round(t1 - self.t0, 3), **extra)
+        self.write()
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _mask_arg(arg: str) -> str:
+    from .source import mask_url
+
+    return mask_url(arg) if "://" in arg else arg
+
+
+def run_status(results: Iterable[dict]) -> tuple[str, int]:
+    statuses = [r.get("status") for r in results]
+    if any(s == "failed" for s in statuses):
+        return "failed", EXIT_FAILED
+    if any(s == "stopped" for s in statuses):
+        return "stopped", EXIT_FAILED
+    return "completed", EXIT_OK
+
+
+# --------------------------------------------------------------------------- display
+
+
+def console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False, soft_wrap=False,
+                   width=None if sys.stdout.isatty() else 160)
+
+
+class ProgressView:
+    """Live per-actor progress: a rich table on a terminal, plain lines otherwise."""
+
+    def __init__(self, plans: list[WorkerPlan], interval_s: float | None = None):
+        self.plans = {p.actor_id: p for p in plans}
+        self.tty = sys.stdout.isatty()
+        self.interval_s = interval_s if interval_s is not None else (0.5 if self.tty else 5.0)
+        self.t0 = time.monotonic()
+        self._last_print = 0.0
+        self._live = None
+        self.latest: dict[str, dict] = {}
+        if self.tty:
+            from rich.live import Live
+
+            self._live = Live(self._table(), refresh_per_second=4, transient=True, console=console())
+            self._live.start()
+
+    def _table(self):
+        from rich.table import Table
+
+        t = Table(title=f"rayprof · {time.monotonic() - self.t0:5.1f} s", box=None, header_style="bold")
+        for col in ("actor", "node", "cores", "status", "step", "frames", "fps"):
+            t.add_column(col, justify="right" if col in ("step", "frames", "fps") else "left")
+        for aid, p in self.plans.items():
+            pr = self.latest.get(aid, {})
+            limit = f"/{p.max_steps}" if p.max_steps else ""
+            t.add_row(aid, str(pr.get("node_ip") or "-"), str(pr.get("cores") or "-"), pr.get("status", "pending"),
+                      f"{pr.get('steps', 0)}{limit}", str(pr.get("frames", 0)), f"{pr.get('fps', 0.0):.1f}")
+        return t
+
+    def update(self, progress: Iterable[dict]) -> None:
+        for pr in progress:
+            self.latest[pr["actor_id"]] = pr
+        if self._live is not None:
+            self._live.update(self._table())
+            return
+        now = time.monotonic()
+        if now - self._last_print >= self.interval_s:
+            self._last_print = now
+            parts = [f"{aid} {pr.get('status')} {pr.get('steps', 0)} steps {pr.get('fps', 0.0):.1f} fps"
+                     for aid, pr in self.latest.items()]
+            print(f"[{now - self.t0:6.1f}s] " + " | ".join(parts), flush=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+def summary_table(df: pd.DataFrame, statuses: dict[str, str] | None = None):
+    """The final per-worker table: throughput, then mean/p50/p90/p99 per stage (ms)."""
+    from rich.table import Table
+
+    summary = summarize(df, by=["worker"])
+    t = Table(box=None, header_style="bold", show_edge=False, pad_edge=False)
+    for col, right in (("worker", False), ("status", False), ("nodes", False), ("steps", True), ("frames", True),
+                       ("FPS", True), ("stage", False), ("mean ms", True), ("p50", True), ("p90", True), ("p99", True)):
+        t.add_column(col, justify="right" if right else "left")
+    nodes = df.groupby("worker")["node_ip"].agg(lambda s: ",".join(sorted(set(map(str, s))))) if not df.empty else {}
+    for _, row in summary.iterrows():
+        w = row["worker"]
+        stages = [s for s in ("read", "prep", "exec", "transfer", "total") if pd.notna(row.get(f"{s}_mean"))]
+        for j, s in enumerate(stages):
+            head = j == 0
+            t.add_row(
+                w if head else "", (statuses or {}).get(w, "") if head else "", nodes.get(w, "") if head else "",
+                f"{row['steps']}" if head else "", f"{row['frames']}" if head else "",
+                f"{row['fps']:.1f}" if head else "", s,
+                f"{row[f'{s}_mean']:.2f}", f"{row[f'{s}_p50']:.2f}", f"{row[f'{s}_p90']:.2f}", f"{row[f'{s}_p99']:.2f}",
+                end_section=(j == len(stages) - 1),
+            )
+    return t
+
+
+def print_summary(root: str | os.PathLike, run_id: str, statuses: dict[str, str], header: str) -> pd.DataFrame:
+    """Read the run back from the dataset (what was written is what is reported) and print."""
+    con = console()
+    con.print(header)
+    try:
+        df = read_table(root, run_id).to_pandas()
+    except Exception as e:  # an empty run has no files
+        con.print(f"no rows in the dataset ({type(e).__name__})")
+        return pd.DataFrame()
+    if df.empty:
+        con.print("no rows in the dataset")
+        return df
+    con.print(summary_table(df, statuses))
+    n_warm = int(df["warmup"].sum())
+    con.print(f"FPS = frames / wall-clock span; latencies in ms; {n_warm} warm-up step(s) excluded. "
+              f"Dataset: {run_dir(root, run_id)}")
+    return df
+
+
+def worker_statuses(results: dict[str, dict], plans: list[WorkerPlan]) -> dict[str, str]:
+    """Per worker: the worst status among its actors (failed > stopped > completed)."""
+    rank = {"completed": 0, "stopped": 1, "failed": 2}
+    out: dict[str, str] = {}
+    for p in plans:
+        s = results.get(p.actor_id, {}).get("status", "failed")
+        if p.worker not in out or rank.get(s, 2) > rank.get(out[p.worker], 2):
+            out[p.worker] = s
+    return out
+
+
+@contextmanager
+def stop_on_signals(stop: Callable[[], None]):
+    """SIGINT/SIGTERM → ``stop()`` (graceful: flush, manifest ``stopped``); a second SIGINT
+    raises KeyboardInterrupt as usual."""
+    hits = {"n": 0}
+    old = {}
+
+    def handler(signum, frame):
+        hits["n"] += 1
+        if hits["n"] > 1 and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        print(f"\n{signal.Signals(signum).name}: stopping every worker (again to abort)…", file=sys.stderr, flush=True)
+        stop()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, handler)
+    try:
+        yield hits
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+# --------------------------------------------------------------------------- rayprof run
+
+
+def run_single(spec: FleetSpec) -> int:
+    """One worker in this process, no Ray: the original tool's ``worker.py``."""
+    from .worker import StreamWorker
+
+    preflight(spec, local=True)
+    run_id = make_run_id(spec.run)
+    plans = local_plans(spec, run_id)
+    if len(plans) != 1:
+        raise UserError("workers", len(plans), "rayprof run runs exactly one worker", "use rayprof submit for several")
+    plan = plans[0]
+    writer = DatasetWriter(spec.output, run_id)
+    manifest = Manifest(spec.output, run_id, spec, plans, mode="in-process")
+    con = console()
+    con.print(f"rayprof run {run_id}: {plan.model} {plan.mode} batch {plan.batch_size} on {plan.exec_device}, "
+              f"prep {plan.prep_level}@{plan.prep_device}, cores {plan_row(plan)['cores']}")
+    worker = StreamWorker(plan, lambda b: writer.write(plan.worker, plan.actor_id, b))
+    view = ProgressView(plans)
+    done = threading.Event()
+
+    def poll():
+        while not done.wait(view.interval_s / 2):
+            view.update([worker.progress()])
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    with stop_on_signals(worker.stop):
+        result = worker.run().to_dict()
+    done.set()
+    poller.join()
+    view.update([worker.progress()])
+    view.close()
+    manifest.data["nodes"][result["identity"].get("node_id") or "local"] = host_info()
+    manifest.actor(plan.actor_id, **_actor_fields(result))
+    status, code = run_status([result])
+    manifest.finish(status, code, dataset_stats=writer.stats())
+    print_summary(spec.output, run_id, worker_statuses({plan.actor_id: result}, plans),
+                  header=f"run {run_id}: {status} in {manifest.data['duration_s']:.1f} s")
+    if result.get("error"):
+        con.print(f"[red]{plan.actor_id} failed: {result['error']}[/red]")
+    return code
+
+
+def _actor_fields(result: dict) -> dict:
+    keep = ("status", "ended_by", "error", "steps", "frames", "rows_emitted", "setup_s", "run_s",
+            "identity", "source_stats", "model_info", "traceback")
+    return {k: result.get(k) for k in keep}

@@ -1,0 +1,190 @@
+"""The metrics schema (the one place that defines it), per-step rows, and summaries.
+
+One row per executed step. Identity and configuration columns are constant for an actor and
+kept once per buffer; the per-step values go into column lists, so recording a step is a
+handful of list appends. ``RowBuffer.to_batch()`` turns them into an Arrow ``RecordBatch``
+with :data:`FILE_SCHEMA`.
+
+The partition columns ``run`` and ``worker`` live in the dataset's directory names, not in the
+files; :func:`read_table` adds them back (``run`` as ``run_id``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+_TS = pa.timestamp("ns", tz="UTC")
+
+IDENTITY_FIELDS: list[pa.Field] = [
+    pa.field("replica", pa.int32(), nullable=False),
+    pa.field("actor_id", pa.string(), nullable=False),
+    pa.field("pair_id", pa.string()),
+    pa.field("node_id", pa.string()),
+    pa.field("node_ip", pa.string()),
+    pa.field("hostname", pa.string()),
+    pa.field("pid", pa.int32()),
+    pa.field("gpu_name", pa.string()),
+    pa.field("cores", pa.string()),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("mode", pa.string(), nullable=False),
+    pa.field("role", pa.string(), nullable=False),
+    pa.field("batch_size", pa.int32(), nullable=False),
+    pa.field("prep_level", pa.string()),
+    pa.field("prep_device", pa.string()),
+    pa.field("exec_device", pa.string()),
+    pa.field("amp", pa.bool_()),
+    pa.field("compiled", pa.bool_()),
+    pa.field("sweep_point", pa.string()),
+]
+
+STEP_FIELDS: list[pa.Field] = [
+    pa.field("step", pa.int64(), nullable=False),
+    pa.field("warmup", pa.bool_(), nullable=False),
+    pa.field("t_start", _TS, nullable=False),
+    pa.field("read_ms", pa.float64()),
+    pa.field("prep_ms", pa.float64()),
+    pa.field("exec_ms", pa.float64()),
+    pa.field("transfer_ms", pa.float64()),
+    pa.field("total_ms", pa.float64()),
+    pa.field("frames", pa.int32(), nullable=False),
+    pa.field("dropped_frames", pa.int32()),
+    pa.field("frame_age_ms", pa.float64()),
+    pa.field("loss", pa.float64()),
+]
+
+FILE_SCHEMA = pa.schema(
+    IDENTITY_FIELDS + STEP_FIELDS, metadata={"rayprof.schema_version": SCHEMA_VERSION}
+)
+"""What every Parquet file holds (partition columns excluded)."""
+
+PARTITION_FIELDS = [pa.field("run", pa.string()), pa.field("worker", pa.string())]
+PARTITIONING_SCHEMA = pa.schema(PARTITION_FIELDS)
+
+STAGES = ("read", "prep", "exec", "transfer", "total")
+PERCENTILES = (50, 90, 95, 99, 99.9)
+
+_STEP_NAMES = [f.name for f in STEP_FIELDS]
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """The per-step values of one row (identity comes from the buffer)."""
+
+    step: int
+    warmup: bool
+    t_start_ns: int
+    read_ms: float | None
+    prep_ms: float | None
+    exec_ms: float | None
+    transfer_ms: float | None
+    total_ms: float | None
+    frames: int
+    dropped_frames: int = 0
+    frame_age_ms: float | None = None
+    loss: float | None = None
+
+
+class RowBuffer:
+    """Accumulates one actor's rows; ``to_batch()`` drains them into a RecordBatch."""
+
+    def __init__(self, identity: dict[str, object]):
+        missing = {f.name for f in IDENTITY_FIELDS if not f.nullable} - identity.keys()
+        if missing:
+            raise ValueError(f"identity lacks {sorted(missing)}")
+        unknown = identity.keys() - {f.name for f in IDENTITY_FIELDS}
+        if unknown:
+            raise ValueError(f"unknown identity columns {sorted(unknown)}")
+        self.identity = dict(identity)
+        self._cols: list[list] = [[] for _ in _STEP_NAMES]
+
+    def __len__(self) -> int:
+        return len(self._cols[0])
+
+    def append(self, r: StepRecord) -> None:
+        c = self._cols
+        c[0].append(r.step)
+        c[1].append(r.warmup)
+        c[2].append(r.t_start_ns)
+        c[3].append(r.read_ms)
+        c[4].append(r.prep_ms)
+        c[5].append(r.exec_ms)
+        c[6].append(r.transfer_ms)
+        c[7].append(r.total_ms)
+        c[8].append(r.frames)
+        c[9].append(r.dropped_frames)
+        c[10].append(r.frame_age_ms)
+        c[11].append(r.loss)
+
+    def to_batch(self) -> pa.RecordBatch:
+        """All buffered rows as one RecordBatch with FILE_SCHEMA; the buffer is emptied."""
+        n = len(self)
+        arrays = []
+        for f in IDENTITY_FIELDS:
+            value = self.identity.get(f.name)
+            arrays.append(pa.array([value] * n, type=f.type))
+        for f, col in zip(STEP_FIELDS, self._cols):
+            arrays.append(pa.array(col, type=f.type))
+        self._cols = [[] for _ in _STEP_NAMES]
+        return pa.RecordBatch.from_arrays(arrays, schema=FILE_SCHEMA)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _percentile_cols(stage: str) -> list[str]:
+    return [f"{stage}_mean"] + [f"{stage}_p{_pname(p)}" for p in PERCENTILES]
+
+
+def _pname(p: float) -> str:
+    return str(p).rstrip("0").rstrip(".").replace(".", "")  # 99.9 -> "999", 50 -> "50"
+
+
+def summarize(
+    df: pd.DataFrame,
+    by: Sequence[str] = ("worker",),
+    include_warmup: bool = False,
+    stages: Iterable[str] = STAGES,
+) -> pd.DataFrame:
+    """Per group: steps, frames, throughput and latency statistics of every stage.
+
+    - ``steps``/``frames``: rows and frames counted (warm-up excluded unless asked).
+    - ``fps``: frames over the group's wall-clock span, from the first counted step's start to
+      the last one's end, so parallel replicas add up and idle gaps count against it.
+    - ``<stage>_mean`` and ``<stage>_p50 … _p999`` in milliseconds (linear interpolation, like
+      numpy and DuckDB's ``quantile_cont``); a stage with no values is NaN.
+    """
+    by = list(by)
+    if not include_warmup and "warmup" in df:
+        df = df[~df["warmup"].astype(bool)]
+    stages = [s for s in stages if f"{s}_ms" in df]
+    out_cols = by + ["steps", "frames", "fps"] + [c for s in stages for c in _percentile_cols(s)]
+    if df.empty:
+        return pd.DataFrame(columns=out_cols)
+    rows = []
+    for key, g in df.groupby(by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        start_ns = g["t_start"].astype("int64")
+        end_ns = start_ns + (g["total_ms"].fillna(0.0) * 1e6).astype("int64")
+        span_s = (end_ns.max() - start_ns.min()) / 1e9
+        frames = int(g["frames"].sum())
+        row: dict[str, object] = dict(zip(by, key))
+        row.update(steps=len(g), frames=frames, fps=frames / span_s if span_s > 0 else float("nan"))
+        for s in stages:
+            values = g[f"{s}_ms"].dropna().to_numpy(dtype=float)
+            stats = _stats(values)
+            row.update(zip(_percentile_cols(s), stats))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=out_cols)
+
+
+def _stats(values: np.ndarray) -> list[float]:
+    if values.size == 0:
+        return [float("nan")] * (1 + len(PERCENTILES))
+    return [float(values.mean())] + [float(v) for v in np.percentile(values, PERCENTILES)]

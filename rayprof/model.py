@@ -1,0 +1,413 @@
+"""Models: the torchvision registry, weights, devices, and the inference/retrain step.
+
+What the seed's ``models.py`` did, kept here:
+
+- ``load_model``: any torchvision classification model by name (``torchvision.models.get_model``);
+  weights by torchvision enum name (``IMAGENET1K_V2``), from a local file, or none (random values,
+  same compute — what tests and benchmarks use).
+- ``setup_model_for_inference``: ``eval()``, no gradients, optional ``torch.compile`` and a
+  warm-up on a dummy input (:meth:`ModelRunner.warmup`).
+- ``setup_retrain_components``: freeze the backbone, replace the classification head, Adam on
+  the head, cross-entropy on dummy labels — a light "online fine-tuning" load.
+- AMP (``torch.autocast``): float16 with a ``GradScaler`` on CUDA, bfloat16 on CPU.
+
+:class:`ModelRunner` does not time anything: the worker times ``step`` and calls
+:meth:`ModelRunner.synchronize` so CUDA latencies cover finished work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import torch
+import torchvision
+from torch import nn
+
+from rayprof.errors import UserError, did_you_mean
+from rayprof.markers import mark
+
+__all__ = [
+    "classification_models",
+    "check_model",
+    "check_device",
+    "resolve_device",
+    "is_local_path",
+    "find_head",
+    "replace_head",
+    "ModelInfo",
+    "ModelRunner",
+    "MODES",
+]
+
+MODES = ("inference", "retrain")
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
+_CPU_FIX = "run on the CPU instead (device: cpu; drop --infer-on-gpu)"
+
+
+# -- registry and validation -----------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _classification_models() -> tuple[str, ...]:
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def classification_models() -> list[str]:
+    """Names of torchvision's classification models (``rayprof models`` lists them).
+
+    ``list_models(module=torchvision.models)`` keeps only the top-level module, which excludes the
+    detection, segmentation, video, optical-flow and quantized families.
+    """
+    return list(_classification_models())
+
+
+def is_local_path(weights: str) -> bool:
+    """True for a weights value that names a file rather than a torchvision enum member."""
+    return "/" in weights or os.sep in weights or weights.lower().endswith(_WEIGHT_SUFFIXES)
+
+
+def _weights_enum_member(name: str, weights: str, field: str):
+    """The torchvision weights enum member ``weights`` names for model ``name``, or a UserError."""
+    enum = torchvision.models.get_model_weights(name)
+    members = list(enum.__members__)
+    fix = f"use one of {', '.join(members)} (or a local .pt/.pth file, or none)"
+    member = weights
+    if "." in weights:
+        cls_name, member = weights.split(".", 1)
+        if cls_name != enum.__name__:
+            raise UserError(field, weights, f"{cls_name} are not weights for {name}", fix)
+    if member not in enum.__members__:
+        raise UserError(
+            field,
+            weights,
+            f"no such weights for {name}" + did_you_mean(member, members),
+            fix,
+        )
+    return enum[member]
+
+
+def check_model(name: str, weights: str | None, field_prefix: str = "model") -> None:
+    """Raise :class:`UserError` for an unknown model name or weights that cannot be used.
+
+    ``weights`` may be ``None``/``"none"`` (random values), a torchvision weights enum member
+    (``IMAGENET1K_V2`` or ``ResNet50_Weights.IMAGENET1K_V2``; checked without downloading) or a
+    local file (anything with a path separator or a .pt/.pth/.safetensors suffix; must exist).
+    """
+    models = _classification_models()
+    if name not in models:
+        raise UserError(
+            f"{field_prefix}.name",
+            name,
+            "not a torchvision classification model" + did_you_mean(str(name), models),
+            "`rayprof models` lists the names",
+        )
+    if weights is None or str(weights).lower() == "none":
+        return
+    field = f"{field_prefix}.weights"
+    weights = str(weights)
+    if is_local_path(weights):
+        path = os.path.expanduser(weights)
+        if not os.path.isfile(path):
+            raise UserError(
+                field,
+                weights,
+                "no such weights file",
+                "point it at a local state dict (.pt/.pth/.safetensors) or use none",
+            )
+        if path.endswith(".safetensors"):
+            try:
+                import safetensors.torch  # noqa: F401
+            except ImportError:
+                raise UserError(
+                    field, weights, "loading .safetensors needs the safetensors package",
+                    "pip install safetensors, or save the state dict with torch.save as .pt",
+                ) from None
+        return
+    _weights_enum_member(name, weights, field)
+
+
+def check_device(device: str, field: str, fix: str | None = None) -> None:
+    """Raise :class:`UserError` unless ``device`` (cpu, cuda, cuda:N, auto) is usable here."""
+    text = str(device).strip().lower()
+    if text in ("cpu", "auto"):
+        return
+    fix = fix or _CPU_FIX
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type != "cuda":
+        raise UserError(field, device, "not a device", "use cpu, cuda, cuda:N or auto")
+    if not torch.cuda.is_available():
+        raise UserError(field, device, "no CUDA GPU is available on this machine", fix)
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise UserError(
+            field, device, f"this machine has {count} GPU(s) (cuda:0..cuda:{count - 1})",
+            f"use cuda:0..cuda:{count - 1}, or {fix}",
+        )
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` → ``cuda`` when available else ``cpu``; anything else → ``torch.device``."""
+    if str(device).strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(str(device).strip().lower())
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+# -- heads ---------------------------------------------------------------------------------
+
+
+def find_head(model: nn.Module) -> tuple[str, nn.Module]:
+    """The classification head: the last ``nn.Linear`` in registration order (``fc``,
+    ``heads.head``, ``classifier.1``, ``classifier.3`` ...); for models without one
+    (SqueezeNet's 1×1 conv classifier) the last ``nn.Conv2d``."""
+    linear = conv = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            linear = (name, module)
+        elif isinstance(module, nn.Conv2d):
+            conv = (name, module)
+    head = linear or conv
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d head")
+    return head
+
+
+def replace_head(model: nn.Module, name: str, num_classes: int) -> nn.Module:
+    """Put a freshly initialized layer with ``num_classes`` outputs at ``name``; return it."""
+    old = model.get_submodule(name)
+    if isinstance(old, nn.Linear):
+        new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    else:
+        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size,
+                        stride=old.stride, padding=old.padding, bias=old.bias is not None)
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+    if hasattr(model, "num_classes"):  # squeezenet reads it in forward
+        model.num_classes = num_classes
+    return new
+
+
+def _out_features(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+# -- weights files -------------------------------------------------------------------------
+
+
+def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    path = os.path.expanduser(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path, device="cpu")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise TypeError(f"{type(state).__name__} is not a state dict")
+    for prefix in ("module.", "_orig_mod."):  # DataParallel/DDP and torch.compile wrappers
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+# -- the runner ------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelInfo:
+    """What was built, for logs, the manifest and every metrics row."""
+
+    name: str
+    params: int
+    trainable_params: int
+    head: str
+    num_classes: int
+    amp_dtype: str | None
+    compiled: bool
+    device: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ModelRunner:
+    """One model set up for ``inference`` or ``retrain``; :meth:`step` runs one batch.
+
+    Weights are initialized under ``torch.manual_seed(seed)`` (in a forked RNG state, so the
+    caller's global RNG is untouched): replicas with the same seed hold identical weights.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        mode: str = "inference",
+        device: str | torch.device = "cpu",
+        weights: str | None = None,
+        num_classes: int | None = None,
+        compile: bool = False,
+        amp: bool = False,
+        lr: float = 1e-3,
+        seed: int = 0,
+        field_prefix: str = "model",
+    ):
+        if mode not in MODES:
+            raise UserError(f"{field_prefix}.mode", mode, "unknown mode" + did_you_mean(mode, MODES),
+                            "use inference or retrain")
+        check_model(name, weights, field_prefix)
+        check_device(str(device), f"{field_prefix}.device")
+        if compile and mode != "inference":
+            raise UserError(f"{field_prefix}.compile", compile, "torch.compile applies to inference only",
+                            "set compile: false (drop --enable-compile) for retrain")
+        if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
+            raise UserError(f"{field_prefix}.num_classes", num_classes, "not a positive integer",
+                            "use the number of classes to fine-tune for, e.g. 10")
+        self.name, self.mode, self.seed = name, mode, seed
+        self.device = resolve_device(device)
+        weights = None if weights is None or str(weights).lower() == "none" else str(weights)
+        local = weights is not None and is_local_path(weights)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.module = self._build(name, weights, local, num_classes, field_prefix)
+            head_name, head = find_head(self.module)
+            if mode == "retrain":
+                self.module.requires_grad_(False)
+                head = replace_head(self.module, head_name, num_classes or _out_features(head))
+        self.module.to(self.device)
+        self.module.eval()
+        self.head = head
+        self.num_classes = _out_features(head)
+
+        self.amp_dtype: torch.dtype | None = None
+        if amp:
+            self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.scaler = None
+        self.optimizer = None
+        self.criterion = None
+        if mode == "inference":
+            self.module.requires_grad_(False)
+            self.model = torch.compile(self.module) if compile else self.module
+        else:
+            head.train()
+            self.model = self.module
+            trainable = [p for p in self.module.parameters() if p.requires_grad]
+            self.optimizer = torch.optim.Adam(trainable, lr=lr)
+            self.criterion = nn.CrossEntropyLoss()
+            if self.amp_dtype == torch.float16:
+                self.scaler = torch.amp.GradScaler("cuda")
+        self._labels = torch.Generator(device="cpu")
+        self._labels.manual_seed(seed)
+        self.last_output: torch.Tensor | None = None
+        self.info = ModelInfo(
+            name=name,
+            params=sum(p.numel() for p in self.module.parameters()),
+            trainable_params=sum(p.numel() for p in self.module.parameters() if p.requires_grad),
+            head=head_name,
+            num_classes=self.num_classes,
+            amp_dtype=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else None,
+            compiled=bool(compile),
+            device=str(self.device),
+        )
+
+    def _build(self, name, weights, local, num_classes, field_prefix) -> nn.Module:
+        field = f"{field_prefix}.weights"
+        if weights is not None and not local:
+            member = _weights_enum_member(name, weights, field)
+            if self.mode == "inference" and num_classes not in (None, len(member.meta["categories"])):
+                raise UserError(f"{field_prefix}.num_classes", num_classes,
+                                f"{weights} weights have {len(member.meta['categories'])} classes",
+                                "drop num_classes, use weights: none or a local file, or mode: retrain")
+            return torchvision.models.get_model(name, weights=member)
+        kwargs = {"num_classes": num_classes} if num_classes and self.mode == "inference" else {}
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+        if weights is None:
+            return model
+        try:
+            state = _load_state_dict(weights)
+        except Exception as exc:  # unreadable file: the user's mistake, said in one line
+            raise UserError(field, weights, f"cannot read a state dict ({exc})",
+                            "save one with torch.save(model.state_dict(), path)") from None
+        if self.mode == "retrain":  # the head is replaced: a checkpoint's head may have any size
+            head_name = find_head(model)[0]
+            own = model.state_dict()
+            state = {k: v for k, v in state.items()
+                     if not (k.startswith(head_name + ".") and k in own and own[k].shape != v.shape)}
+        result = model.load_state_dict(state, strict=False)
+        head = find_head(model)[0] + "." if self.mode == "retrain" else None
+        missing = [k for k in result.missing_keys if not (head and k.startswith(head))]
+        if missing or result.unexpected_keys:
+            bad = (missing or result.unexpected_keys)[:3]
+            raise UserError(field, weights,
+                            f"not a state dict of {name} ({'missing' if missing else 'unexpected'} "
+                            f"keys {', '.join(bad)}...)",
+                            f"save it from torchvision's {name} with torch.save(model.state_dict(), path)")
+        return model
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def make_labels(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` random class labels (CPU int64), like the seed's dummy retrain labels."""
+        gen = generator if generator is not None else self._labels
+        return torch.randint(0, self.num_classes, (n,), generator=gen, dtype=torch.long)
+
+    def step(self, x: torch.Tensor, labels: torch.Tensor | None = None, step: int = 0) -> float | None:
+        """One batch: forward (inference) or forward + backward + optimizer (retrain).
+
+        Each phase is an NVTX range (``forward``/``backward``/``optimizer``). Returns the loss in
+        retrain (``loss.item()``, which waits for the device), ``None`` in inference (the kernels
+        may still be running: call :meth:`synchronize` before reading a clock).
+        """
+        x = x.to(self.device, non_blocking=True)
+        if self.mode == "inference":
+            with torch.inference_mode(), self._autocast(), mark("forward", step):
+                self.last_output = self.model(x)
+            return None
+        if labels is None:
+            labels = self.make_labels(x.shape[0])
+        labels = labels.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with mark("forward", step):
+            with self._autocast():
+                logits = self.model(x)
+            loss = self.criterion(logits.float(), labels)
+        with mark("backward", step):
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+        with mark("optimizer", step):
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+        self.last_output = logits.detach()
+        return float(loss.item())
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (CUDA); a no-op on CPU."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def warmup(self, batch_size: int = 1, size: int = 224, steps: int = 1) -> None:
+        """Run ``steps`` batches of zeros (the seed's dummy-input warm-up; triggers compilation).
+
+        In retrain the warm-up also updates the head, as the seed's did.
+        """
+        x = torch.zeros(batch_size, 3, size, size)
+        for _ in range(steps):
+            self.step(x, step=-1)
+        self.synchronize()

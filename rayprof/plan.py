@@ -1,0 +1,144 @@
+"""FleetSpec → one WorkerPlan per actor. Pure: no Ray, no I/O.
+
+Replicas are expanded, devices resolved (``auto`` → ``cuda`` when the target has a GPU),
+core sets parsed or allocated (``auto`` gives actors disjoint sets while cores last, then shares
+them round-robin), and each actor's CPU request for Ray derived from the cores it pins.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from . import affinity
+from .source import SourceSettings
+from .spec import FleetSpec, WorkerSpec
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything one actor needs, as plain data (picklable, no pydantic)."""
+
+    run_id: str
+    worker: str
+    replica: int
+    actor_id: str
+    source: SourceSettings
+    model: str
+    weights: str | None
+    num_classes: int | None
+    compile: bool
+    amp: bool
+    lr: float
+    mode: str
+    batch_size: int
+    prep_level: str
+    prep_device: str
+    prep_size: int
+    exec_device: str
+    cores: tuple[int, ...]
+    cores_spec: str
+    num_cpus: float
+    max_steps: int
+    warmup_steps: int
+    seed: int
+    flush_interval_s: float = 1.0
+    role: str = "full"
+    pair_id: str | None = None
+    sweep_point: str | None = None
+    field: str = field(default="workers[0]", compare=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_run_id(name: str, now: datetime | None = None, suffix: str | None = None) -> str:
+    """``<name>-YYYYmmdd-HHMMSS-<4 hex>``: sortable by start time, unique, path-safe."""
+    now = now or datetime.now(timezone.utc)
+    return f"{name}-{now:%Y%m%d-%H%M%S}-{suffix or secrets.token_hex(2)}"
+
+
+def resolve_device(device: str, cuda_available: bool) -> str:
+    return ("cuda" if cuda_available else "cpu") if device == "auto" else device
+
+
+def plan_fleet(
+    spec: FleetSpec,
+    run_id: str,
+    *,
+    cores_available: list[int],
+    cuda_available: bool,
+) -> list[WorkerPlan]:
+    """One plan per actor, in spec order (worker, then replica)."""
+    slots: list[tuple[int, WorkerSpec, int]] = [
+        (i, w, r) for i, w in enumerate(spec.workers) for r in range(w.replicas)
+    ]
+    explicit: dict[int, list[int]] = {}
+    auto_slots: list[int] = []
+    for k, (i, w, _r) in enumerate(slots):
+        cs = w.cores.strip().lower()
+        if cs == "auto":
+            auto_slots.append(k)
+        else:
+            explicit[k] = affinity.parse_cores(w.cores, cores_available, field=f"workers[{i}].cores")
+    claimed = {c for cores in explicit.values() for c in cores}
+    free = [c for c in cores_available if c not in claimed] or list(cores_available)
+    cores_of = dict(explicit)
+    for k, cores in zip(auto_slots, affinity.allocate(len(auto_slots), free)):
+        cores_of[k] = cores
+    sharing = Counter(c for cores in cores_of.values() for c in cores)
+
+    plans = []
+    for k, (i, w, r) in enumerate(slots):
+        cores = tuple(sorted(cores_of[k]))
+        plans.append(
+            WorkerPlan(
+                run_id=run_id,
+                worker=w.name,
+                replica=r,
+                actor_id=f"{w.name}-{r}",
+                source=SourceSettings(
+                    uri=w.source.uri,
+                    loop=w.source.loop,
+                    width=w.source.width,
+                    height=w.source.height,
+                    fps=w.source.fps,
+                    open_timeout_s=w.source.open_timeout_s,
+                    read_timeout_s=w.source.read_timeout_s,
+                    reconnect_s=w.source.reconnect_s,
+                    buffer_frames=w.source.buffer_frames,
+                    field=f"workers[{i}].source.uri",
+                ),
+                model=w.model.name,
+                weights=w.model.weights,
+                num_classes=w.model.num_classes,
+                compile=w.model.compile,
+                amp=w.model.amp,
+                lr=w.model.lr,
+                mode=w.mode,
+                batch_size=w.batch_size,
+                prep_level=w.prep.level,
+                prep_device=resolve_device(w.prep.device, cuda_available),
+                prep_size=w.prep.size,
+                exec_device=resolve_device(w.device, cuda_available),
+                cores=cores,
+                cores_spec=w.cores,
+                num_cpus=cpu_request(cores, sharing),
+                max_steps=w.max_steps,
+                warmup_steps=w.warmup_steps,
+                seed=w.seed,
+                flush_interval_s=spec.flush_interval_s,
+                field=f"workers[{i}]",
+            )
+        )
+    return plans
+
+
+def cpu_request(cores: tuple[int, ...], sharing: Counter) -> float:
+    """Ray CPUs for an actor: its share of each pinned core (a core pinned by k actors counts
+    1/k to each), so the fleet never asks for more CPUs than the cores it pins. Ray accepts
+    fractions below 1 and whole numbers above."""
+    share = sum(1.0 / sharing[c] for c in cores)
+    return float(int(share)) if share >= 1 else round(share, 4)

@@ -1,0 +1,535 @@
+"""Video sources: files, cameras, HTTP/RTSP streams and synthetic frames, read in batches.
+
+Every source yields :class:`FrameBatch` objects of RGB ``uint8`` frames with a capture time
+taken from an injected clock. Files and synthetic frames are read on demand; live sources
+(cameras, ``http(s)://``, ``rtsp://``) are read by a background thread into a bounded buffer
+(see :mod:`rayprof.streams`), so a slow consumer loses the oldest frames, and counts them,
+instead of falling behind the live edge.
+
+This is the package's only ``cv2`` reader. Credentials in URLs never leave it unmasked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from .errors import UserError
+
+Clock = Callable[[], float]
+
+#: How many failed decodes in a row a file may have before it is taken as ended.
+MAX_CONSECUTIVE_DECODE_ERRORS = 25
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """How to open one source. ``field`` is the YAML path of ``uri``, used in error messages."""
+
+    uri: str
+    loop: bool = False
+    width: int = 640
+    height: int = 480
+    fps: float = 30.0
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 5.0
+    reconnect_s: float = 30.0
+    buffer_frames: int = 64
+    field: str = "source"
+
+    def field_of(self, name: str) -> str:
+        """The YAML path of setting ``name`` (``workers[1].source.uri`` -> ``workers[1].source.fps``)."""
+        if name == "uri":
+            return self.field
+        base = self.field[: -len(".uri")] if self.field.endswith(".uri") else self.field
+        return f"{base}.{name}"
+
+
+@dataclass
+class FrameBatch:
+    """Frames ``(n, H, W, 3)`` uint8 RGB with their capture times, source indices and drops."""
+
+    frames: np.ndarray
+    capture_ts: np.ndarray
+    indices: np.ndarray
+    dropped: int = 0
+
+    @property
+    def n(self) -> int:
+        return int(self.frames.shape[0])
+
+
+class SourceOpenError(UserError):
+    """The source could not be opened (the message names the masked URI, never credentials)."""
+
+
+class VideoSource:
+    """Base class: ``read(n)`` until it returns None, then ``close()`` (also a context manager)."""
+
+    kind: str = ""
+    display: str = ""
+    live: bool = False
+
+    def read(self, n: int) -> FrameBatch | None:
+        raise NotImplementedError
+
+    def stats(self) -> dict:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> VideoSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.display}>"
+
+
+# --------------------------------------------------------------------------- URIs
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_CAMERA = re.compile(r"^[+-]?\d+$")
+_V4L_DEVICE = re.compile(r"^/dev/video(\d+)$")
+_SECRET_PARAM = re.compile(r"(^|[?&;])([^=&;#]*)=([^&;#]*)")
+_SECRET_NAMES = ("password", "passwd", "pwd", "token", "key", "secret", "signature", "sig", "auth")
+SCHEMES = {"http": "http", "https": "http", "rtsp": "rtsp", "rtsps": "rtsp", "file": "file"}
+
+
+def source_kind(uri: str, field: str = "source") -> str:
+    """``"file" | "camera" | "http" | "rtsp" | "synthetic"`` from the URI's shape; nothing is opened.
+
+    Raises :class:`UserError` for a URL scheme rayprof cannot read (``udp://``, ``s3://``...).
+    """
+    u = str(uri).strip()
+    if u.lower() == "synthetic":
+        return "synthetic"
+    if _CAMERA.match(u) or _V4L_DEVICE.match(u):
+        return "camera"
+    m = _SCHEME.match(u)
+    if m:
+        kind = SCHEMES.get(m.group(1).lower())
+        if kind is None:
+            raise UserError(field, mask_url(u), f"URL scheme '{m.group(1)}://' is not supported",
+                            "use a file path, a camera index like '0', http(s)://, rtsp:// or 'synthetic'")
+        return kind
+    return "file"
+
+
+def _is_secret(name: str) -> bool:
+    n = name.lower().replace("-", "_")
+    return n in _SECRET_NAMES or n.endswith(("_key", "_token", "_password", "_secret", "apikey"))
+
+
+def mask_url(uri: str) -> str:
+    """The URI with credentials replaced by ``***``: the password of ``user:pass@`` and the values
+    of query parameters named like password/token/key/secret. Other text is kept as it was."""
+    s = str(uri)
+    m = _SCHEME.match(s)
+    if not m:
+        return s
+    start = m.end()
+    end = len(s)
+    for ch in "/?#":
+        i = s.find(ch, start)
+        if i != -1:
+            end = min(end, i)
+    netloc, rest = s[start:end], s[end:]
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{host}"
+    q = rest.find("?")
+    if q != -1:
+        h = rest.find("#", q)
+        query, frag = (rest[q:], "") if h == -1 else (rest[q:h], rest[h:])
+        query = _SECRET_PARAM.sub(
+            lambda p: f"{p.group(1)}{p.group(2)}=***" if _is_secret(p.group(2)) else p.group(0), query)
+        rest = rest[:q] + query + frag
+    return s[:start] + netloc + rest
+
+
+def _file_path(uri: str) -> Path:
+    u = uri.strip()
+    if u.lower().startswith("file://"):
+        u = u[len("file://"):]
+    return Path(u).expanduser()
+
+
+def _camera_index(uri: str) -> int:
+    u = uri.strip()
+    m = _V4L_DEVICE.match(u)
+    return int(m.group(1)) if m else int(u)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_settings(s: SourceSettings, kind: str) -> None:
+    positive = {"open_timeout_s": s.open_timeout_s, "read_timeout_s": s.read_timeout_s,
+                "buffer_frames": s.buffer_frames}
+    if kind == "synthetic":
+        positive.update(width=s.width, height=s.height)
+    for name, value in positive.items():
+        if not value > 0:
+            raise UserError(s.field_of(name), value, "must be greater than 0", f"set {name} to a positive number")
+    for name, value in (("reconnect_s", s.reconnect_s), ("fps", s.fps)):
+        if not value >= 0:
+            raise UserError(s.field_of(name), value, "must be 0 or more", f"set {name} to 0 or a positive number")
+
+
+def _check_url(s: SourceSettings, kind: str) -> None:
+    shown = mask_url(s.uri.strip())
+    try:
+        parts = urlsplit(s.uri.strip())
+        port = parts.port
+    except ValueError:
+        raise UserError(s.field, shown, "is not a valid URL (bad port or brackets)",
+                        f"write it as {kind}://host[:port]/path") from None
+    if not parts.hostname or any(c.isspace() for c in s.uri.strip()):
+        raise UserError(s.field, shown, "is not a valid URL (no host, or spaces in it)",
+                        f"write it as {kind}://host[:port]/path; percent-encode spaces as %20")
+    if port == 0:
+        raise UserError(s.field, shown, "has port 0", "use the port the stream is served on")
+
+
+def _check_file(s: SourceSettings) -> None:
+    path = _file_path(s.uri)
+    where = "" if path.is_absolute() else f" (relative to {os.getcwd()})"
+    if not path.exists():
+        raise UserError(s.field, s.uri, f"no such file{where}",
+                        "give the path of a video file, a camera index like '0', a URL or 'synthetic'")
+    if path.is_dir():
+        raise UserError(s.field, s.uri, "is a directory, not a video file", "give the path of one video file")
+    try:
+        with open(path, "rb") as fh:
+            empty = not fh.read(1)
+    except OSError as e:
+        raise UserError(s.field, s.uri, f"cannot be read ({e.strerror or e})",
+                        "fix the file's permissions or run as a user who may read it") from None
+    if empty:
+        raise UserError(s.field, s.uri, "is an empty file", "give a video file with frames in it")
+    import cv2
+
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        ok = cap.isOpened() and cap.read()[0]
+    finally:
+        cap.release()
+    if not ok:
+        raise UserError(s.field, s.uri, "is not a video OpenCV can decode (no first frame)",
+                        "give a video file such as .mp4 (H.264/MPEG-4) or .avi (MJPG)")
+
+
+def check_source(settings: SourceSettings) -> None:
+    """Pre-flight checks that raise :class:`UserError`; files are opened and one frame decoded,
+    streams are checked for URL shape only (no network)."""
+    s = settings
+    if not str(s.uri).strip():
+        raise UserError(s.field, s.uri, "is empty", "give a video file, a camera index like '0', a URL or 'synthetic'")
+    kind = source_kind(s.uri, s.field)
+    _check_settings(s, kind)
+    if kind == "file":
+        _check_file(s)
+    elif kind == "camera" and _camera_index(s.uri) < 0:
+        raise UserError(s.field, s.uri, "is not a camera index", "use 0 for the first camera, 1 for the next, ...")
+    elif kind in ("http", "rtsp"):
+        _check_url(s, kind)
+
+
+def open_source(settings: SourceSettings, clock: Clock = time.time,
+                sleep: Callable[[float], None] = time.sleep) -> VideoSource:
+    """Open the source ``settings.uri`` names. ``clock`` stamps frames (seconds since the epoch);
+    ``sleep`` paces synthetic frames. Raises :class:`UserError` / :class:`SourceOpenError`."""
+    s = settings
+    kind = source_kind(s.uri, s.field)
+    _check_settings(s, kind)
+    if kind == "synthetic":
+        return SyntheticSource(s, clock, sleep)
+    if kind == "file":
+        _check_file(s)
+        return FileSource(s, clock)
+    from .streams import LiveSource, camera_opener, stream_opener
+
+    if kind == "camera":
+        check_source(s)
+        return LiveSource(s, kind, camera_opener(_camera_index(s.uri)), clock)
+    _check_url(s, kind)
+    return LiveSource(s, kind, stream_opener(s.uri.strip(), kind, s), clock)
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def to_rgb(frame: np.ndarray, size: tuple[int, int] | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """An OpenCV frame (BGR, BGRA or gray) as RGB, resized to ``size`` (H, W) if it differs."""
+    import cv2
+
+    if size is not None and frame.shape[:2] != size:
+        frame = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        code = cv2.COLOR_GRAY2RGB
+    elif frame.shape[2] == 4:
+        code = cv2.COLOR_BGRA2RGB
+    else:
+        code = cv2.COLOR_BGR2RGB
+    if out is None:
+        return cv2.cvtColor(frame, code)
+    cv2.cvtColor(frame, code, dst=out)
+    return out
+
+
+def make_batch(frames: list[np.ndarray], ts: list[float], idx: list[int], dropped: int) -> FrameBatch:
+    """A FrameBatch from per-frame lists (frames already RGB and of one size)."""
+    return FrameBatch(frames=np.ascontiguousarray(np.stack(frames)),
+                      capture_ts=np.asarray(ts, dtype=np.float64),
+                      indices=np.asarray(idx, dtype=np.int64), dropped=int(dropped))
+
+
+class FileSource(VideoSource):
+    """A video file read with OpenCV's FFmpeg backend; ``loop`` reopens it at the end.
+
+    ``open_capture`` (for tests) returns a cv2.VideoCapture-like object or None.
+    """
+
+    kind = "file"
+    live = False
+
+    def __init__(self, settings: SourceSettings, clock: Clock = time.time,
+                 open_capture: Callable[[], Any] | None = None):
+        self.settings = settings
+        self.display = mask_url(settings.uri)
+        self._clock = clock
+        self._open = open_capture or self._open_cv
+        self._cap = self._open()
+        if self._cap is None or not self._cap.isOpened():
+            raise SourceOpenError(settings.field, self.display, "OpenCV could not open the file",
+                                  "check that it is a video file OpenCV/FFmpeg can read")
+        self._size: tuple[int, int] | None = None
+        self._next = 0              # index of the next frame delivered (counts across loops)
+        self._pass_frames = 0       # frames delivered in the current pass over the file
+        self._pending_errors = 0    # failed decodes not yet known to be mid-file
+        self._stats = {"frames": 0, "dropped": 0, "reconnects": 0, "decode_errors": 0, "gap_s": 0.0, "loops": 0}
+        self._done = False
+
+    def _open_cv(self):
+        import cv2
+
+        return cv2.VideoCapture(str(_file_path(self.settings.uri)), cv2.CAP_FFMPEG)
+
+    def _grab(self) -> np.ndarray | None:
+        """The next decoded frame (BGR), or None at the end of the file (looping if asked)."""
+        while self._cap is not None:
+            ok = self._cap.grab()
+            frame = self._cap.retrieve()[1] if ok else None
+            if frame is not None:
+                self._stats["decode_errors"] += self._pending_errors  # failures followed by a frame
+                self._pending_errors = 0
+                return frame
+            self._pending_errors += 1
+            if ok and self._pending_errors <= MAX_CONSECUTIVE_DECODE_ERRORS:
+                continue  # the packet was read but would not decode: try the next one
+            total = self._cap.get(7)  # CAP_PROP_FRAME_COUNT; an estimate, 0 when unknown
+            pos = self._pass_frames + self._pending_errors
+            if not ok and pos < total and self._pending_errors <= MAX_CONSECUTIVE_DECODE_ERRORS:
+                continue  # short of the known length: a bad frame, not the end
+            self._pending_errors = 0
+            self._cap.release()
+            self._cap = None
+            if self.settings.loop and self._pass_frames > 0:
+                self._stats["loops"] += 1
+                self._pass_frames = 0
+                self._cap = self._open()
+        return None
+
+    def read(self, n: int) -> FrameBatch | None:
+        if n < 1:
+            raise ValueError(f"read(n) needs n >= 1, got {n}")
+        if self._done:
+            return None
+        out: np.ndarray | None = None
+        ts = np.empty(n, dtype=np.float64)
+        k = 0
+        while k < n:
+            frame = self._grab()
+            if frame is None:
+                self._done = True
+                break
+            if out is None:
+                self._size = self._size or frame.shape[:2]
+                out = np.empty((n, *self._size, 3), dtype=np.uint8)
+            to_rgb(frame, self._size, out[k])
+            ts[k] = self._clock()
+            self._pass_frames += 1
+            k += 1
+        if k == 0:
+            return None
+        idx = np.arange(self._next, self._next + k, dtype=np.int64)
+        self._next += k
+        self._stats["frames"] += k
+        return FrameBatch(frames=out[:k], capture_ts=ts[:k], indices=idx, dropped=0)
+
+    def stats(self) -> dict:
+        return dict(self._stats)
+
+    def close(self) -> None:
+        self._done = True
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class SyntheticSource(VideoSource):
+    """Deterministic moving frames: a seeded base image rolled a few pixels per frame index,
+    paced at ``fps`` against the injected clock (0 = as fast as possible). Never ends."""
+
+    kind = "synthetic"
+    display = "synthetic"
+    live = False
+
+    def __init__(self, settings: SourceSettings, clock: Clock = time.time,
+                 sleep: Callable[[float], None] = time.sleep, seed: int = 0):
+        self.settings = settings
+        self._clock, self._sleep = clock, sleep
+        self.base = synthetic_base(settings.height, settings.width, seed)
+        self._next = 0
+        self._t0: float | None = None
+        self._closed = False
+
+    def frame(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Frame ``index``: the base image shifted down 2 and right 3 pixels per index (wrapping)."""
+        h, w = self.base.shape[:2]
+        dy, dx = (2 * index) % h, (3 * index) % w
+        out = np.empty_like(self.base) if out is None else out
+        b = self.base
+        out[dy:, dx:] = b[: h - dy, : w - dx]
+        out[dy:, :dx] = b[: h - dy, w - dx:]
+        out[:dy, dx:] = b[h - dy:, : w - dx]
+        out[:dy, :dx] = b[h - dy:, w - dx:]
+        return out
+
+    def read(self, n: int) -> FrameBatch | None:
+        if n < 1:
+            raise ValueError(f"read(n) needs n >= 1, got {n}")
+        if self._closed:
+            return None
+        h, w = self.base.shape[:2]
+        frames = np.empty((n, h, w, 3), dtype=np.uint8)
+        ts = np.empty(n, dtype=np.float64)
+        fps = self.settings.fps
+        for k in range(n):
+            i = self._next + k
+            if fps > 0:
+                if self._t0 is None:
+                    self._t0 = self._clock()
+                wait = self._t0 + i / fps - self._clock()
+                if wait > 0:
+                    self._sleep(wait)
+            self.frame(i, frames[k])
+            ts[k] = self._clock()
+        idx = np.arange(self._next, self._next + n, dtype=np.int64)
+        self._next += n
+        return FrameBatch(frames=frames, capture_ts=ts, indices=idx, dropped=0)
+
+    def stats(self) -> dict:
+        return {"frames": self._next, "dropped": 0, "reconnects": 0, "decode_errors": 0, "gap_s": 0.0}
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def synthetic_base(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """The seeded base image of synthetic frames: colour gradients plus random solid blocks."""
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    img = np.empty((height, width, 3), dtype=np.uint8)
+    img[..., 0] = x.astype(np.uint8)
+    img[..., 1] = y.astype(np.uint8)
+    img[..., 2] = ((x + y) / 2).astype(np.uint8)
+    for _ in range(12):
+        bh, bw = max(1, height // rng.integers(4, 12)), max(1, width // rng.integers(4, 12))
+        y0, x0 = rng.integers(0, max(1, height - bh)), rng.integers(0, max(1, width - bw))
+        img[y0:y0 + bh, x0:x0 + bw] = rng.integers(0, 256, size=3, dtype=np.uint8)
+    return img
+
+
+# --------------------------------------------------------------------------- sample media
+
+#: Solid patches drawn on every frame of :func:`make_sample_video`: name -> (RGB colour, corner).
+SAMPLE_PATCHES = {"red": ((255, 0, 0), "top-left"), "green": ((0, 255, 0), "top-right"),
+                  "blue": ((0, 0, 255), "bottom-left")}
+
+
+def sample_patch_center(name: str, width: int, height: int) -> tuple[int, int]:
+    """(y, x) of the centre of a :data:`SAMPLE_PATCHES` patch in a ``width`` x ``height`` video."""
+    s = max(8, min(width, height) // 6)
+    corner = SAMPLE_PATCHES[name][1]
+    y = s // 2 if corner.startswith("top") else height - s // 2 - 1
+    x = s // 2 if corner.endswith("left") else width - s // 2 - 1
+    return y, x
+
+
+def sample_frame(i: int, width: int, height: int, background: np.ndarray | None = None) -> np.ndarray:
+    """Frame ``i`` of the sample video (BGR, as OpenCV writes it)."""
+    import cv2
+
+    if background is None:
+        background = synthetic_base(height, width, seed=7) // 2
+    f = background.copy()
+    s = max(8, min(width, height) // 6)
+    for name, ((r, g, b), _) in SAMPLE_PATCHES.items():
+        y, x = sample_patch_center(name, width, height)
+        f[y - s // 2: y + s // 2, x - s // 2: x + s // 2] = (b, g, r)
+    cx = s + (i * 4) % max(1, width - 2 * s)
+    cv2.circle(f, (cx, height // 2), max(4, s // 2), (255, 255, 255), -1)
+    ry = s + (i * 3) % max(1, height - 2 * s)
+    cv2.rectangle(f, (width // 2 - s // 2, ry - s // 3), (width // 2 + s // 2, ry + s // 3), (0, 255, 255), -1)
+    scale = max(0.4, height / 480)
+    cv2.putText(f, f"frame {i:05d}", (s + 4, height - 8), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                max(1, int(2 * scale)), cv2.LINE_AA)
+    return f
+
+
+def make_sample_video(path: str | os.PathLike, *, seconds: float = 10.0, fps: float = 30.0,
+                      width: int = 640, height: int = 360) -> Path:
+    """Write a deterministic test video (moving shapes, coloured corner patches, a frame counter)
+    of ``round(seconds * fps)`` frames and return its path: MPEG-4 (mp4v) in ``.mp4``, or MJPG in
+    ``.avi`` (same name, new suffix) where the mp4v writer cannot open. Written to a hidden temp
+    name in the same folder, then renamed."""
+    import cv2
+
+    if not (seconds > 0 and fps > 0 and width >= 16 and height >= 16):
+        raise ValueError("make_sample_video needs seconds > 0, fps > 0, width and height >= 16")
+    width, height = width // 2 * 2, height // 2 * 2
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    background = synthetic_base(height, width, seed=7) // 2
+    for fourcc, suffix in (("mp4v", target.suffix or ".mp4"), ("MJPG", ".avi")):
+        final = target.with_suffix(suffix)
+        tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp{suffix}")
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+        if not writer.isOpened():
+            writer.release()
+            tmp.unlink(missing_ok=True)
+            continue
+        try:
+            for i in range(max(1, round(seconds * fps))):
+                writer.write(sample_frame(i, width, height, background))
+        finally:
+            writer.release()
+        os.replace(tmp, final)
+        return final
+    raise RuntimeError(f"OpenCV could not write a video to {target.parent} (mp4v and MJPG both failed)")

@@ -1,0 +1,354 @@
+"""The job spec: pydantic models of the YAML, ``--set`` overrides, one-line errors.
+
+A spec has top-level settings, ``defaults`` applied to every worker, and a ``workers`` list of
+per-worker overrides. Each worker's settings are ``defaults`` deep-merged with its own entry,
+then validated as one :class:`WorkerSpec`; an error is reported at the YAML path where the
+offending value was written (``workers[1].model.name`` or ``defaults.batch_size``).
+
+Loading is safe (``yaml.safe_load``): a spec cannot make rayprof run code.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import UserError, did_you_mean
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_UNSAFE_NAME = (
+    "is not a safe name (it becomes a folder name); "
+    "use letters, digits, '_', '-' and '.', at most 64, starting with a letter or digit"
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSpec(_Strict):
+    """Where frames come from. A plain string is shorthand for ``{uri: <string>}``."""
+
+    uri: str = Field(description="video file path, camera index ('0'), http(s):// or rtsp:// URL, or 'synthetic'")
+    loop: bool = Field(False, description="files: start again at the end")
+    width: int = Field(640, gt=0, description="synthetic: frame width")
+    height: int = Field(480, gt=0, description="synthetic: frame height")
+    fps: float = Field(30.0, ge=0, description="synthetic: generation rate (0 = unpaced)")
+    open_timeout_s: float = Field(10.0, gt=0, description="streams/cameras: time allowed to open")
+    read_timeout_s: float = Field(5.0, gt=0, description="streams/cameras: time allowed per frame")
+    reconnect_s: float = Field(30.0, ge=0, description="live: keep reconnecting this long, then end")
+    buffer_frames: int = Field(64, gt=0, description="live: frames kept; older ones are dropped")
+
+
+class ModelSpec(_Strict):
+    """The model. A plain string is shorthand for ``{name: <string>}``."""
+
+    name: str = Field(description="torchvision classification model (rayprof models lists them)")
+    weights: str | None = Field(None, description="none, a torchvision weights name, or a local state-dict path")
+    num_classes: int | None = Field(None, gt=0, description="retrain: classes of the new head")
+    compile: bool = Field(False, description="torch.compile (inference)")
+    amp: bool = Field(False, description="autocast: bf16 on CPU, fp16 on CUDA (grad scaler in retrain)")
+    lr: float = Field(1e-3, gt=0, description="retrain: learning rate of the new head")
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _none_string(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.strip().lower() in ("", "none", "null") else v
+
+
+class PrepSpec(_Strict):
+    """Preprocessing. A plain string is shorthand for ``{level: <string>}``."""
+
+    level: Literal["simple", "medium", "complex"] = "simple"
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
+    size: int = Field(224, gt=0, description="output side length in pixels")
+
+
+class WorkerSpec(_Strict):
+    """One worker's resolved settings (defaults merged with its own entry)."""
+
+    name: str = "worker"
+    replicas: int = Field(1, ge=1)
+    source: SourceSpec
+    model: ModelSpec
+    mode: Literal["inference", "retrain"] = "inference"
+    batch_size: int = Field(8, ge=1)
+    prep: PrepSpec = PrepSpec()
+    device: str = Field("auto", description="where the model runs: auto, cpu, cuda, cuda:N")
+    cores: str = Field("auto", description="auto, all, or a core set like '0-3' / '0,2,4-5'")
+    max_steps: int = Field(100, ge=0, description="steps (batches) to run; 0 = until the source ends")
+    warmup_steps: int = Field(5, ge=0, description="first steps flagged warmup, left out of summaries")
+    seed: int = 0
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_str(cls, v: Any) -> Any:
+        return {"uri": str(v)} if isinstance(v, (str, int)) else v
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_str(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("prep", mode="before")
+    @classmethod
+    def _prep_str(cls, v: Any) -> Any:
+        return {"level": v} if isinstance(v, str) else v
+
+    @field_validator("cores", mode="before")
+    @classmethod
+    def _cores_str(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v)
+        if isinstance(v, list) and all(isinstance(x, int) for x in v):
+            return ",".join(str(x) for x in v)
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name_safe(cls, v: str) -> str:
+        if not _NAME.match(v) or ".." in v:
+            raise ValueError(_UNSAFE_NAME)
+        return v
+
+
+class FleetSpec(_Strict):
+    """The whole job."""
+
+    run: str = Field("rayprof", description="run name (the run id adds a timestamp)")
+    output: str = Field("runs", description="dataset root folder")
+    address: str | None = Field(None, description="Ray address; unset: RAY_ADDRESS or an embedded local Ray")
+    flush_interval_s: float = Field(1.0, gt=0, le=60, description="how often workers ship rows to the sink")
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    workers: list[WorkerSpec] = Field(min_length=1)
+
+    @field_validator("run")
+    @classmethod
+    def _run_safe(cls, v: str) -> str:
+        if not _NAME.match(v) or ".." in v:
+            raise ValueError(_UNSAFE_NAME)
+        return v
+
+
+# --------------------------------------------------------------------------- loading
+
+_TOP_KEYS = set(FleetSpec.model_fields)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Deep merge: ``over`` wins; nested dicts merge; shorthand strings replace."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _expand_shorthand(d: dict) -> dict:
+    """Turn ``model: resnet50`` into ``model: {name: resnet50}`` etc. so merges compose."""
+    d = dict(d)
+    for key, inner in (("source", "uri"), ("model", "name"), ("prep", "level")):
+        if isinstance(d.get(key), (str, int)) and not isinstance(d.get(key), bool):
+            d[key] = {inner: str(d[key]) if key == "source" else d[key]}
+    return d
+
+
+def _has_path(d: Any, path: tuple) -> bool:
+    for part in path:
+        if isinstance(d, dict) and part in d:
+            d = d[part]
+        elif isinstance(d, list) and isinstance(part, int) and part < len(d):
+            d = d[part]
+        else:
+            return False
+    return True
+
+
+def _model_at(path: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = WorkerSpec
+    for part in path:
+        if model is None or part not in model.model_fields:
+            return None
+        ann = model.model_fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model
+
+
+def _fmt_path(parts: tuple) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _get(d: Any, path: tuple) -> Any:
+    for p in path:
+        d = d[p]
+    return d
+
+
+def _error_from_pydantic(err: dict, where: str, raw_worker: dict | None, raw_defaults: dict | None, index: int | None) -> UserError:
+    loc = tuple(p for p in err["loc"] if p not in ("function-after[_name_safe(), str]",))
+    value = err.get("input")
+    kind = err["type"]
+    # which YAML place wrote the value: the worker's own entry, or defaults
+    prefix = where
+    if index is not None:
+        if raw_worker is not None and _has_path(raw_worker, loc):
+            prefix = f"workers[{index}]"
+        elif raw_defaults is not None and _has_path(raw_defaults, loc):
+            prefix = "defaults"
+        else:
+            prefix = f"workers[{index}]"
+    field = ".".join(p for p in (prefix, _fmt_path(loc)) if p)
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1]) if index is not None else FleetSpec
+        choices = list(parent.model_fields) if parent else []
+        key = loc[-1]
+        return UserError(field, key, "is not a known key", "remove it or fix its spelling" + (did_you_mean(str(key), choices) or f" (known keys: {', '.join(choices)})"))
+    if kind == "missing":
+        return UserError(field, None, "is required", f"set {field} in the spec or in defaults")
+    if kind == "literal_error":
+        ctx = err.get("ctx", {}).get("expected", "")
+        return UserError(field, value, "is not allowed", f"use one of {ctx}" + did_you_mean(str(value), re.findall(r"'([^']+)'", ctx)))
+    ctx = err.get("ctx", {})
+    fixes = {
+        "greater_than_equal": f"set it to {ctx.get('ge')} or more",
+        "greater_than": f"set it above {ctx.get('gt')}",
+        "less_than_equal": f"set it to {ctx.get('le')} or less",
+        "int_parsing": "write a whole number",
+        "int_type": "write a whole number",
+        "int_from_float": "write a whole number",
+        "float_parsing": "write a number",
+        "float_type": "write a number",
+        "bool_parsing": "write true or false",
+        "bool_type": "write true or false",
+        "string_type": "write a string (quote it in YAML)",
+        "dict_type": "write a mapping of key: value pairs",
+        "model_type": "write a mapping of key: value pairs",
+        "list_type": "write a list",
+        "too_short": "add at least one entry",
+    }
+    msg = err["msg"].removeprefix("Value error, ")
+    problem, _, fix = msg.partition("; ")
+    fix = fix or fixes.get(kind, "see the job spec reference in the README")
+    return UserError(field, value, problem[0].lower() + problem[1:], fix)
+
+
+def parse_fleet(raw: Any, source: str = "spec") -> FleetSpec:
+    """Validate a loaded YAML document; every error becomes one UserError."""
+    if not isinstance(raw, dict):
+        raise UserError(source, type(raw).__name__, "is not a mapping of keys", "a job spec is a YAML mapping with at least `workers:`")
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise UserError(str(key), key, "is not a known top-level key", "remove it or fix its spelling" + (did_you_mean(str(key), _TOP_KEYS) or f" (known: {', '.join(sorted(_TOP_KEYS))})"))
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise UserError("defaults", defaults, "is not a mapping", "write defaults as key: value pairs")
+    defaults = _expand_shorthand(defaults)
+    for key in ("name", "replicas"):
+        if key in defaults:
+            raise UserError(f"defaults.{key}", defaults[key], "is per worker", f"set {key} on each worker instead")
+    workers_raw = raw.get("workers")
+    if not isinstance(workers_raw, list) or not workers_raw:
+        raise UserError("workers", workers_raw, "must be a non-empty list", "add at least one worker, e.g. `workers: [{name: w, model: resnet18}]`")
+    workers = []
+    for i, w in enumerate(workers_raw):
+        if not isinstance(w, dict):
+            raise UserError(f"workers[{i}]", w, "is not a mapping", "write each worker as key: value pairs")
+        w = _expand_shorthand(w)
+        merged = _merge(defaults, w)
+        merged.setdefault("name", f"w{i}")
+        try:
+            workers.append(WorkerSpec.model_validate(merged))
+        except ValidationError as e:
+            raise _error_from_pydantic(e.errors()[0], f"workers[{i}]", w, defaults, i) from None
+    seen: dict[str, int] = {}
+    for i, w in enumerate(workers):
+        if w.name in seen:
+            raise UserError(f"workers[{i}].name", w.name, f"is already the name of workers[{seen[w.name]}]", "give each worker its own name")
+        seen[w.name] = i
+    top = {k: v for k, v in raw.items() if k != "workers"}
+    top["defaults"] = defaults
+    try:
+        return FleetSpec.model_validate({**top, "workers": workers})
+    except ValidationError as e:
+        raise _error_from_pydantic(e.errors()[0], "", None, None, None) from None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``--set a.b.c=value`` (value parsed as YAML). Workers are addressed by index
+    (``workers[0].batch_size`` / ``workers.0.batch_size``) or by name (``workers.r18.batch_size``)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError("--set", item, "is not KEY=VALUE", "write e.g. --set defaults.batch_size=16")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        parts: list[Any] = [p for p in re.split(r"\.|\[|\]", key.strip()) if p != ""]
+        node: Any = raw
+        for j, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                idx = _worker_index(node, part, key)
+                node = node[idx]
+                continue
+            if part not in node or node[part] is None:
+                node[part] = {}
+            elif isinstance(node[part], str) and part in ("model", "source", "prep"):
+                node[part] = _expand_shorthand({part: node[part]})[part]
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_worker_index(node, last, key)] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def _worker_index(workers: list, part: str, key: str) -> int:
+    if part.isdigit() and int(part) < len(workers):
+        return int(part)
+    for i, w in enumerate(workers):
+        if isinstance(w, dict) and w.get("name") == part:
+            return i
+    names = [w.get("name") for w in workers if isinstance(w, dict) and w.get("name")]
+    raise UserError("--set", key, f"names no worker {part!r}", f"use an index 0..{len(workers) - 1} or a worker name" + did_you_mean(part, names))
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError("spec", str(path), "does not exist or is not a file", "give the path of a job YAML, e.g. jobs/fleet.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError("spec", str(path), f"is not valid YAML{where}", "fix the YAML syntax (indentation, colons, quotes)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError("spec", str(path), f"cannot be read ({e.__class__.__name__})", "check the file's permissions and encoding") from None
+    return raw if raw is not None else {}
+
+
+def load_fleet(path: str | Path, overrides: list[str] | None = None) -> FleetSpec:
+    """Read, override and validate a job spec file."""
+    raw = load_yaml(path)
+    if overrides:
+        if not isinstance(raw, dict):
+            raw = {}
+        raw = apply_overrides(raw, overrides)
+    spec = parse_fleet(raw, str(path))
+    if "run" not in raw:
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "-", Path(path).stem) or "rayprof"
+        spec = spec.model_copy(update={"run": stem})
+    return spec

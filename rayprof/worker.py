@@ -1,0 +1,323 @@
+"""The per-stream engine: ``StreamWorker`` runs read → prep → exec per step and emits rows.
+
+It knows nothing of Ray: ``fleet.py`` makes it an actor, ``rayprof run`` calls it in-process,
+and tests drive it with fakes (sources, preprocessors and runners are injectable factories; the
+clocks are injected so stage accounting is checked exactly).
+
+Per step (serial, the original tool's semantics)::
+
+    with mark("step"):
+        with mark("read"):  batch = source.read(batch_size)      → read_ms
+        with mark("prep"):  x = prep(batch.frames); sync         → prep_ms
+        with mark("exec"):  loss = runner.step(x, labels); sync  → exec_ms
+    row(step, warmup, t_start, read_ms, prep_ms, exec_ms, total_ms, frames, dropped, age, loss)
+
+Rows are shipped through ``emit(RecordBatch)`` at least every ``flush_interval_s`` (and every
+4096 rows), between steps, so a worker's death loses at most that much.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+
+from . import affinity
+from .markers import mark
+from .metrics import RowBuffer, StepRecord
+from .plan import WorkerPlan
+from .timing import Clock, StageTimer, WallClock, cuda_sync_for
+
+Emit = Callable[[pa.RecordBatch], None]
+MAX_BUFFERED_ROWS = 4096
+
+
+@dataclass
+class WorkerResult:
+    """How an actor's run ended."""
+
+    actor_id: str
+    worker: str
+    status: str  # completed | failed | stopped
+    ended_by: str  # max_steps | end_of_stream | stop | error
+    steps: int = 0
+    frames: int = 0
+    rows_emitted: int = 0
+    error: str | None = None
+    traceback: str | None = None
+    setup_s: float = 0.0
+    run_s: float = 0.0
+    identity: dict = field(default_factory=dict)
+    source_stats: dict = field(default_factory=dict)
+    model_info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_context() -> dict:
+    """Where this process runs, when no orchestrator says better."""
+    host = socket.gethostname()
+    try:
+        ip = socket.gethostbyname(host)
+    except OSError:
+        ip = "127.0.0.1"
+    return {"node_id": host, "node_ip": ip, "hostname": host}
+
+
+def _default_source(plan: WorkerPlan, wall: WallClock):
+    from dataclasses import replace
+
+    from .samples import resolve_uri
+    from .source import open_source
+
+    settings = replace(plan.source, uri=resolve_uri(plan.source.uri))
+    return open_source(settings, clock=lambda: wall() / 1e9)
+
+
+def _default_prep(plan: WorkerPlan):
+    from .prep import Preprocessor
+
+    return Preprocessor(plan.prep_level, plan.prep_device, size=plan.prep_size, seed=plan.seed + plan.replica)
+
+
+def _default_runner(plan: WorkerPlan):
+    from .model import ModelRunner
+
+    return ModelRunner(
+        plan.model,
+        mode=plan.mode,
+        device=plan.exec_device,
+        weights=plan.weights,
+        num_classes=plan.num_classes,
+        compile=plan.compile,
+        amp=plan.amp,
+        lr=plan.lr,
+        seed=plan.seed,
+    )
+
+
+class StreamWorker:
+    """One video stream through one model. ``setup()`` then ``run()``; ``stop()`` and
+    ``progress()`` may be called from another thread while ``run()`` works."""
+
+    def __init__(
+        self,
+        plan: WorkerPlan,
+        emit: Emit,
+        *,
+        context: Callable[[], dict] | None = None,
+        clock: Clock = time.perf_counter,
+        wall_clock: WallClock = time.time_ns,
+        source_factory: Callable | None = None,
+        prep_factory: Callable | None = None,
+        runner_factory: Callable | None = None,
+        pin: bool = True,
+    ):
+        self.plan = plan
+        self._emit = emit
+        self._context = context or default_context
+        self._clock = clock
+        self._wall = wall_clock
+        self._source_factory = source_factory or (lambda p: _default_source(p, wall_clock))
+        self._prep_factory = prep_factory or _default_prep
+        self._runner_factory = runner_factory or _default_runner
+        self._pin = pin
+        self._stop = threading.Event()
+        self._ready = False
+        self.source = self.prep = self.runner = None
+        self.buffer: RowBuffer | None = None
+        self._pending: list[pa.RecordBatch] = []
+        self.identity: dict = {}
+        self._steps = 0
+        self._frames = 0
+        self._rows_emitted = 0
+        self._status = "created"
+        self._t_run0: float | None = None
+        self._setup_s = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def setup(self) -> dict:
+        """Pin cores, open the source, build prep and model. Returns the row identity."""
+        if self._ready:
+            return self.identity
+        t0 = self._clock()
+        self._status = "starting"
+        p = self.plan
+        pinned = affinity.pin(list(p.cores)) if self._pin and p.cores else list(p.cores)
+        self.source = self._source_factory(p)
+        self.prep = self._prep_factory(p)
+        self.runner = self._runner_factory(p)
+        info = getattr(self.runner, "info", None)
+        ctx = self._context()
+        gpu_name = None
+        if str(p.exec_device).startswith("cuda") or str(p.prep_device).startswith("cuda"):
+            import torch
+
+            dev = p.exec_device if str(p.exec_device).startswith("cuda") else p.prep_device
+            gpu_name = torch.cuda.get_device_name(torch.device(dev))
+        self.identity = {
+            "replica": p.replica,
+            "actor_id": p.actor_id,
+            "pair_id": p.pair_id,
+            "node_id": ctx.get("node_id"),
+            "node_ip": ctx.get("node_ip"),
+            "hostname": ctx.get("hostname"),
+            "pid": os.getpid(),
+            "gpu_name": gpu_name,
+            "cores": affinity.format_cores(pinned) if pinned else None,
+            "model": p.model,
+            "mode": p.mode,
+            "role": p.role,
+            "batch_size": p.batch_size,
+            "prep_level": p.prep_level,
+            "prep_device": str(p.prep_device),
+            "exec_device": str(p.exec_device),
+            "amp": bool(p.amp),
+            "compiled": bool(getattr(info, "compiled", p.compile)),
+            "sweep_point": p.sweep_point,
+        }
+        self.buffer = RowBuffer(self.identity)
+        self._prep_sync = cuda_sync_for(p.prep_device)
+        self._setup_s = self._clock() - t0
+        self._ready = True
+        self._status = "ready"
+        return self.identity
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current step (rows are flushed)."""
+        self._stop.set()
+
+    def progress(self) -> dict:
+        elapsed = (self._clock() - self._t_run0) if self._t_run0 is not None else 0.0
+        return {
+            "actor_id": self.plan.actor_id,
+            "worker": self.plan.worker,
+            "status": self._status,
+            "steps": self._steps,
+            "frames": self._frames,
+            "rows_emitted": self._rows_emitted,
+            "elapsed_s": elapsed,
+            "fps": self._frames / elapsed if elapsed > 0 else 0.0,
+            "node_ip": self.identity.get("node_ip"),
+            "cores": self.identity.get("cores"),
+        }
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> WorkerResult:
+        """Run until max_steps, the end of the source, stop() or an error. Never raises:
+        an error is flushed, closed and returned as a ``failed`` result."""
+        p = self.plan
+        result = WorkerResult(actor_id=p.actor_id, worker=p.worker, status="failed", ended_by="error")
+        t0 = self._clock()
+        try:
+            self.setup()
+            self._status = "running"
+            self._t_run0 = self._clock()
+            result.ended_by = self._loop()
+            result.status = "stopped" if result.ended_by == "stop" else "completed"
+        except BaseException as e:  # noqa: BLE001 - reported, not swallowed
+            result.error = f"{type(e).__name__}: {e}".splitlines()[0]
+            result.traceback = traceback.format_exc()
+            print(result.traceback, file=sys.stderr, flush=True)
+            if isinstance(e, KeyboardInterrupt):
+                result.status, result.ended_by = "stopped", "stop"
+        finally:
+            try:
+                self._flush()
+                drain = getattr(self._emit, "drain", None)
+                if drain is not None:  # asynchronous emitters confirm every batch before run() returns
+                    drain()
+            except Exception as e:  # the sink is gone: say so, keep the first error
+                result.status = "failed"
+                result.error = result.error or f"flush failed: {type(e).__name__}: {e}"
+            self.close()
+        self._status = result.status
+        result.steps, result.frames, result.rows_emitted = self._steps, self._frames, self._rows_emitted
+        result.setup_s, result.run_s = self._setup_s, self._clock() - t0
+        result.identity = dict(self.identity)
+        if self.source is not None and hasattr(self.source, "stats"):
+            result.source_stats = dict(self.source.stats())
+        info = getattr(self.runner, "info", None)
+        if info is not None:
+            result.model_info = asdict(info) if hasattr(info, "__dataclass_fields__") else dict(info)
+        return result
+
+    def _loop(self) -> str:
+        import torch
+
+        p = self.plan
+        timer = StageTimer(self._clock)
+        exec_sync = self.runner.synchronize
+        labels_gen = torch.Generator().manual_seed(p.seed + p.replica)
+        retrain = p.mode == "retrain"
+        last_flush = self._clock()
+        step = 0
+        while True:
+            if self._stop.is_set():
+                return "stop"
+            if p.max_steps and step >= p.max_steps:
+                return "max_steps"
+            t_wall = self._wall()
+            timer.start()
+            with mark("step", step):
+                with mark("read", step):
+                    batch = self.source.read(p.batch_size)
+                timer.lap("read")
+                if batch is None or batch.n == 0:
+                    return "end_of_stream"
+                with mark("prep", step):
+                    x = self.prep(batch.frames)
+                    timer.lap("prep", self._prep_sync)
+                labels = self.runner.make_labels(batch.n, labels_gen) if retrain else None
+                with mark("exec", step):
+                    loss = self.runner.step(x, labels, step=step)
+                    timer.lap("exec", exec_sync)
+            age_ms = self._wall() / 1e6 - float(batch.capture_ts.min()) * 1e3
+            ms = timer.ms
+            self.buffer.append(
+                StepRecord(
+                    step=step,
+                    warmup=step < p.warmup_steps,
+                    t_start_ns=t_wall,
+                    read_ms=ms["read"],
+                    prep_ms=ms["prep"],
+                    exec_ms=ms["exec"],
+                    transfer_ms=None,
+                    total_ms=timer.total_ms(),
+                    frames=batch.n,
+                    dropped_frames=batch.dropped,
+                    frame_age_ms=age_ms,
+                    loss=loss,
+                )
+            )
+            step += 1
+            self._steps = step
+            self._frames += batch.n
+            if len(self.buffer) >= MAX_BUFFERED_ROWS or self._clock() - last_flush >= p.flush_interval_s:
+                self._flush()
+                last_flush = self._clock()
+
+    def _flush(self) -> None:
+        """Ship buffered rows. A batch whose emit fails is kept and sent first next time."""
+        if self.buffer is not None and len(self.buffer):
+            self._pending.append(self.buffer.to_batch())
+        while self._pending:
+            self._emit(self._pending[0])
+            self._rows_emitted += self._pending.pop(0).num_rows
+
+    def close(self) -> None:
+        if self.source is not None:
+            try:
+                self.source.close()
+            except Exception:
+                pass
