@@ -83,21 +83,20 @@ def plan_row(plan: WorkerPlan) -> dict:
     from .affinity import format_cores
     from .source import mask_url
 
+    opts = [o for o, on in (("amp", plan.amp), ("compile", plan.compile)) if on]
     return {
         "worker": plan.worker,
         "replica": plan.replica,
-        "actor_id": plan.actor_id,
         "source": mask_url(plan.source.uri) + (" (loop)" if plan.source.loop else ""),
         "model": plan.model,
         "mode": plan.mode,
         "batch": plan.batch_size,
         "prep": f"{plan.prep_level}@{plan.prep_device}",
         "exec": plan.exec_device,
-        "amp": plan.amp,
-        "compile": plan.compile,
+        "opts": ",".join(opts) or "-",
         "cores": format_cores(plan.cores),
-        "cpus": plan.num_cpus,
-        "max_steps": plan.max_steps or "until end",
+        "cpus": f"{plan.num_cpus:g}",
+        "steps": plan.max_steps or "until end",
         "warmup": plan.warmup_steps,
     }
 
@@ -180,7 +179,7 @@ class ProgressView:
         self.t0 = time.monotonic()
         self._last_print = 0.0
         self._live = None
-        self.latest: dict[str, dict] = {}
+        self.latest: dict[str, dict] = {aid: {"actor_id": aid, "status": "pending"} for aid in self.plans}
         if self.tty:
             from rich.live import Live
 
@@ -224,6 +223,9 @@ def summary_table(df: pd.DataFrame, statuses: dict[str, str] | None = None):
     from rich.table import Table
 
     summary = summarize(df, by=["worker"])
+    order = list(dict.fromkeys(statuses or {}))  # spec order, not alphabetical
+    if order:
+        summary = summary.sort_values("worker", key=lambda s: s.map(lambda w: order.index(w) if w in order else len(order)))
     t = Table(box=None, header_style="bold", show_edge=False, pad_edge=False)
     for col, right in (("worker", False), ("status", False), ("nodes", False), ("steps", True), ("frames", True),
                        ("FPS", True), ("stage", False), ("mean ms", True), ("p50", True), ("p90", True), ("p99", True)):

@@ -75,6 +75,8 @@ def node_info() -> dict:
 def _connect(address: str | None) -> bool:
     """Connect to a cluster, or start an embedded one. Returns True when embedded."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():  # a caller (a notebook, a test) already connected: use that
+        return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     if address:

@@ -19,17 +19,22 @@ try:  # the nvtx package works without CUDA: NVTX v3 is header-only and a no-op 
     import nvtx as _nvtx
 
     _domain = _nvtx.get_domain(DOMAIN)
-    _attrs: dict[str, object] = {}
 
-    def _push(name: str, step: int) -> None:
-        attr = _attrs.get(name)
-        if attr is None:
-            attr = _attrs[name] = _domain.get_event_attributes(message=name)
-        attr.payload = step
-        _domain.push_range(attr)
+    if _nvtx.enabled():  # a tool (nsys) injected itself at process start
 
-    def _pop() -> None:
-        _domain.pop_range()
+        def _push(name: str, step: int) -> None:
+            _domain.push_range(message=name, payload=step)
+
+        def _pop() -> None:
+            _domain.pop_range()
+
+    else:  # no tool: NVTX would drop the range anyway; skip the call entirely
+
+        def _push(name: str, step: int) -> None:
+            return None
+
+        def _pop() -> None:
+            return None
 
     NVTX_BACKEND = "nvtx"
 except Exception:  # pragma: no cover - nvtx missing: fall back to torch's binding (no domain)

@@ -143,7 +143,7 @@ def _percentile_cols(stage: str) -> list[str]:
 
 
 def _pname(p: float) -> str:
-    return str(p).rstrip("0").rstrip(".").replace(".", "")  # 99.9 -> "999", 50 -> "50"
+    return f"{p:g}".replace(".", "")  # 99.9 -> "999", 50 -> "50"
 
 
 def summarize(

@@ -28,6 +28,7 @@ Clock = Callable[[], float]
 
 #: How many failed decodes in a row a file may have before it is taken as ended.
 MAX_CONSECUTIVE_DECODE_ERRORS = 25
+_CAP_PROP_FRAME_COUNT = 7  # cv2.CAP_PROP_FRAME_COUNT, without importing cv2 at module load
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class VideoSource:
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _CAMERA = re.compile(r"^[+-]?\d+$")
 _V4L_DEVICE = re.compile(r"^/dev/video(\d+)$")
-_SECRET_PARAM = re.compile(r"(^|[?&;])([^=&;#]*)=([^&;#]*)")
+_SECRET_PARAM = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
 _SECRET_NAMES = ("password", "passwd", "pwd", "token", "key", "secret", "signature", "sig", "auth")
 SCHEMES = {"http": "http", "https": "http", "rtsp": "rtsp", "rtsps": "rtsp", "file": "file"}
 
@@ -314,7 +315,7 @@ class FileSource(VideoSource):
         self._clock = clock
         self._open = open_capture or self._open_cv
         self._cap = self._open()
-        if self._cap is None or not self._cap.isOpened():
+        if self._cap is None:
             raise SourceOpenError(settings.field, self.display, "OpenCV could not open the file",
                                   "check that it is a video file OpenCV/FFmpeg can read")
         self._size: tuple[int, int] | None = None
@@ -327,24 +328,29 @@ class FileSource(VideoSource):
     def _open_cv(self):
         import cv2
 
-        return cv2.VideoCapture(str(_file_path(self.settings.uri)), cv2.CAP_FFMPEG)
+        cap = cv2.VideoCapture(str(_file_path(self.settings.uri)), cv2.CAP_FFMPEG)
+        return cap if cap.isOpened() else None
 
     def _grab(self) -> np.ndarray | None:
-        """The next decoded frame (BGR), or None at the end of the file (looping if asked)."""
+        """The next decoded frame (BGR), or None at the end of the file (looping if asked).
+
+        A failed decode followed by a good frame counts in ``decode_errors``; failures at the
+        end of the file (up to the container's frame count, an estimate) are the end.
+        """
         while self._cap is not None:
             ok = self._cap.grab()
             frame = self._cap.retrieve()[1] if ok else None
             if frame is not None:
-                self._stats["decode_errors"] += self._pending_errors  # failures followed by a frame
+                self._stats["decode_errors"] += self._pending_errors
                 self._pending_errors = 0
                 return frame
             self._pending_errors += 1
-            if ok and self._pending_errors <= MAX_CONSECUTIVE_DECODE_ERRORS:
-                continue  # the packet was read but would not decode: try the next one
-            total = self._cap.get(7)  # CAP_PROP_FRAME_COUNT; an estimate, 0 when unknown
-            pos = self._pass_frames + self._pending_errors
-            if not ok and pos < total and self._pending_errors <= MAX_CONSECUTIVE_DECODE_ERRORS:
-                continue  # short of the known length: a bad frame, not the end
+            if self._pending_errors <= MAX_CONSECUTIVE_DECODE_ERRORS:
+                if ok:
+                    continue  # a packet was read but did not decode: try the next one
+                total = self._cap.get(_CAP_PROP_FRAME_COUNT)  # 0 when unknown
+                if self._pass_frames + self._pending_errors < total:
+                    continue  # short of the known length: a bad frame, not the end
             self._pending_errors = 0
             self._cap.release()
             self._cap = None

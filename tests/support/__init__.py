@@ -1,0 +1,1 @@
+"""Test helpers shared by rayprof's suites: sample media, free ports, local stream servers."""

@@ -1,0 +1,131 @@
+"""The schema, the row buffer, summaries with known answers, and the atomic dataset writer."""
+
+import json
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rayprof.metrics import FILE_SCHEMA, SCHEMA_VERSION, RowBuffer, StepRecord, summarize
+from rayprof.sink import DatasetWriter, read_manifest, read_table, write_manifest
+
+IDENT = dict(replica=0, actor_id="w-0", model="resnet18", mode="inference", role="full", batch_size=4,
+             node_id="n1", cores="0-1", amp=False, compiled=False)
+T0 = 1_700_000_000_000_000_000
+
+
+def batch_of(steps, warmup=0, total=10.0, frames=4, ident=IDENT):
+    buf = RowBuffer(ident)
+    for s in steps:
+        buf.append(StepRecord(step=s, warmup=s < warmup, t_start_ns=T0 + int(s * total * 1e6), read_ms=1.0,
+                              prep_ms=2.0, exec_ms=total - 3.0, transfer_ms=None, total_ms=total, frames=frames))
+    return buf.to_batch()
+
+
+def test_schema_is_versioned_and_partition_free():
+    assert FILE_SCHEMA.metadata[b"rayprof.schema_version"] == SCHEMA_VERSION.encode()
+    names = FILE_SCHEMA.names
+    assert "run_id" not in names and "worker" not in names and "run" not in names
+    for col in ("replica", "actor_id", "pair_id", "node_id", "node_ip", "hostname", "pid", "gpu_name", "cores",
+                "model", "mode", "role", "batch_size", "prep_level", "prep_device", "exec_device", "amp",
+                "compiled", "sweep_point", "step", "warmup", "t_start", "read_ms", "prep_ms", "exec_ms",
+                "transfer_ms", "total_ms", "frames", "dropped_frames", "frame_age_ms", "loss"):
+        assert col in names
+    assert FILE_SCHEMA.field("t_start").type == pa.timestamp("ns", tz="UTC")
+
+
+def test_row_buffer_drains_and_validates_identity():
+    b = batch_of(range(3))
+    assert b.num_rows == 3 and b.schema == FILE_SCHEMA
+    assert b.column("actor_id").to_pylist() == ["w-0"] * 3
+    with pytest.raises(ValueError, match="lacks"):
+        RowBuffer({"replica": 0})
+    with pytest.raises(ValueError, match="unknown"):
+        RowBuffer({**IDENT, "colour": "red"})
+
+
+def test_summary_known_answers():
+    # 100 steps of 10 ms, 4 frames each, back to back: 400 frames over exactly 1.0 s
+    df = pa.Table.from_batches([batch_of(range(100))]).to_pandas()
+    df["worker"] = "w"
+    s = summarize(df).iloc[0]
+    assert (s["steps"], s["frames"]) == (100, 400)
+    assert s["fps"] == pytest.approx(400.0)
+    assert s["total_p50"] == pytest.approx(10.0) and s["read_mean"] == pytest.approx(1.0)
+    assert np.isnan(s["transfer_mean"])  # no split: no transfer stage
+
+
+def test_summary_excludes_warmup_and_interpolates_percentiles():
+    buf = RowBuffer(IDENT)
+    for i, v in enumerate([1000.0] + [float(x) for x in range(1, 101)]):
+        buf.append(StepRecord(step=i, warmup=i == 0, t_start_ns=T0 + i * 10**9, read_ms=v, prep_ms=0, exec_ms=0,
+                              transfer_ms=None, total_ms=v, frames=1))
+    df = pa.Table.from_batches([buf.to_batch()]).to_pandas()
+    df["worker"] = "w"
+    s = summarize(df).iloc[0]
+    assert s["steps"] == 100
+    assert s["read_p50"] == pytest.approx(50.5) and s["read_p99"] == pytest.approx(99.01)
+    assert s["read_p999"] == pytest.approx(99.901)
+    s_all = summarize(df, include_warmup=True).iloc[0]
+    assert s_all["steps"] == 101 and s_all["read_mean"] > s["read_mean"]
+
+
+def test_writer_partitions_and_every_reader(tmp_path):
+    w = DatasetWriter(tmp_path, "run-1")
+    w.write("alpha", "alpha-0", batch_of(range(0, 5)))
+    w.write("alpha", "alpha-0", batch_of(range(5, 9)))
+    w.write("beta", "beta-0", batch_of(range(3), ident={**IDENT, "actor_id": "beta-0"}))
+    write_manifest(tmp_path, "run-1", {"status": "completed"})
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["run=run-1/_manifest.json", "run=run-1/worker=alpha/part-alpha-0-000000.parquet",
+                     "run=run-1/worker=alpha/part-alpha-0-000001.parquet",
+                     "run=run-1/worker=beta/part-beta-0-000000.parquet"]
+    assert w.stats()["rows"] == 12 and w.stats()["files"] == 3
+    t = read_table(tmp_path, "run-1")
+    assert t.num_rows == 12 and set(t.column("worker").to_pylist()) == {"alpha", "beta"}
+    assert set(t.column("run_id").to_pylist()) == {"run-1"}
+    # pandas and pyarrow on the bare root (the manifest is skipped: it starts with '_')
+    assert len(pd.read_parquet(tmp_path)) == 12
+    assert pq.read_table(tmp_path).num_rows == 12
+    con = duckdb.connect()
+    n, = con.execute(f"SELECT count(*) FROM read_parquet('{tmp_path}/**/*.parquet', hive_partitioning=true) "
+                     "WHERE worker = 'alpha' AND run = 'run-1'").fetchone()
+    assert n == 9
+    assert read_manifest(tmp_path, "run-1") == {"status": "completed"}
+
+
+def test_files_appear_whole_or_not_at_all(tmp_path, monkeypatch):
+    w = DatasetWriter(tmp_path, "r")
+    import rayprof.sink as sink
+
+    def crash(tmp, final):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sink.os, "replace", crash)
+    with pytest.raises(OSError):
+        w.write("a", "a-0", batch_of(range(3)))
+    monkeypatch.undo()
+    # only a hidden temp file: readers see an empty, valid dataset
+    assert [p.name for p in (tmp_path / "run=r" / "worker=a").iterdir()] == [".part-a-0-000000.parquet.tmp"]
+    assert read_table(tmp_path, "r").num_rows == 0
+
+
+def test_paths_cannot_escape_the_root(tmp_path):
+    w = DatasetWriter(tmp_path / "out", "r")
+    for bad in ("../x", "a/b", ".hidden", ""):
+        with pytest.raises(ValueError, match="unsafe"):
+            w.write(bad, "a-0", batch_of(range(1)))
+    with pytest.raises(ValueError, match="unsafe"):
+        DatasetWriter(tmp_path, "../../etc")
+    assert not (tmp_path / "x").exists()
+
+
+def test_manifest_write_is_atomic(tmp_path):
+    write_manifest(tmp_path, "r", {"a": 1})
+    write_manifest(tmp_path, "r", {"a": 2})
+    d = tmp_path / "run=r"
+    assert json.loads((d / "_manifest.json").read_text()) == {"a": 2}
+    assert [p.name for p in d.iterdir()] == ["_manifest.json"]
