@@ -3,6 +3,7 @@ line on stderr; a run in which an actor failed (or that was stopped) exits 1."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -11,6 +12,11 @@ import click
 
 from . import __version__
 from .errors import UserError
+
+# OpenCV's and FFmpeg's C logs go straight to stderr; keep a user error to its one line
+# (set these variables yourself to see them again).
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 def _user_errors(fn: Callable) -> Callable:

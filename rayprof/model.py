@@ -29,18 +29,8 @@ from torch import nn
 from rayprof.errors import UserError, did_you_mean
 from rayprof.markers import mark
 
-__all__ = [
-    "classification_models",
-    "check_model",
-    "check_device",
-    "resolve_device",
-    "is_local_path",
-    "find_head",
-    "replace_head",
-    "ModelInfo",
-    "ModelRunner",
-    "MODES",
-]
+__all__ = ["MODES", "ModelInfo", "ModelRunner", "check_device", "check_model", "classification_models",
+           "find_head", "is_local_path", "replace_head", "resolve_device"]
 
 MODES = ("inference", "retrain")
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
@@ -89,13 +79,35 @@ def _weights_enum_member(name: str, weights: str, field: str):
     return enum[member]
 
 
-def check_model(name: str, weights: str | None, field_prefix: str = "model") -> None:
+def check_model(
+    name: str,
+    weights: str | None,
+    field_prefix: str = "model",
+    *,
+    mode: str = "inference",
+    compile: bool = False,
+    num_classes: int | None = None,
+) -> None:
     """Raise :class:`UserError` for an unknown model name or weights that cannot be used.
 
     ``weights`` may be ``None``/``"none"`` (random values), a torchvision weights enum member
     (``IMAGENET1K_V2`` or ``ResNet50_Weights.IMAGENET1K_V2``; checked without downloading) or a
     local file (anything with a path separator or a .pt/.pth/.safetensors suffix; must exist).
+    The keyword options check the rest of a model block the way :class:`ModelRunner` will:
+    an unknown ``mode``, ``compile`` outside inference, a bad ``num_classes``, and pretrained
+    enum weights asked to infer with a class count they do not have.
     """
+    if mode not in MODES:  # mode sits beside the model block: workers[0].mode
+        base = field_prefix[: -len("model")].rstrip(".") if field_prefix.endswith("model") else field_prefix
+        raise UserError(f"{base}.mode" if base else "mode", mode,
+                        "unknown mode" + did_you_mean(str(mode), MODES), "use inference or retrain")
+    if compile and mode != "inference":
+        raise UserError(f"{field_prefix}.compile", compile, "torch.compile applies to inference only",
+                        "set compile: false (drop --enable-compile) for retrain")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise UserError(f"{field_prefix}.num_classes", num_classes, "not a positive integer",
+                        "use the number of classes to fine-tune for, e.g. 10")
     models = _classification_models()
     if name not in models:
         raise UserError(
@@ -126,7 +138,11 @@ def check_model(name: str, weights: str | None, field_prefix: str = "model") -> 
                     "pip install safetensors, or save the state dict with torch.save as .pt",
                 ) from None
         return
-    _weights_enum_member(name, weights, field)
+    member = _weights_enum_member(name, weights, field)
+    classes = len(member.meta.get("categories") or [])
+    if mode == "inference" and num_classes is not None and classes and num_classes != classes:
+        raise UserError(f"{field_prefix}.num_classes", num_classes, f"{weights} weights have {classes} classes",
+                        "drop num_classes, use weights: none or a local file, or mode: retrain")
 
 
 def check_device(device: str, field: str, fix: str | None = None) -> None:
@@ -264,17 +280,8 @@ class ModelRunner:
         seed: int = 0,
         field_prefix: str = "model",
     ):
-        if mode not in MODES:
-            raise UserError(f"{field_prefix}.mode", mode, "unknown mode" + did_you_mean(mode, MODES),
-                            "use inference or retrain")
-        check_model(name, weights, field_prefix)
+        check_model(name, weights, field_prefix, mode=mode, compile=compile, num_classes=num_classes)
         check_device(str(device), f"{field_prefix}.device")
-        if compile and mode != "inference":
-            raise UserError(f"{field_prefix}.compile", compile, "torch.compile applies to inference only",
-                            "set compile: false (drop --enable-compile) for retrain")
-        if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
-            raise UserError(f"{field_prefix}.num_classes", num_classes, "not a positive integer",
-                            "use the number of classes to fine-tune for, e.g. 10")
         self.name, self.mode, self.seed = name, mode, seed
         self.device = resolve_device(device)
         weights = None if weights is None or str(weights).lower() == "none" else str(weights)
@@ -292,11 +299,9 @@ class ModelRunner:
         self.num_classes = _out_features(head)
 
         self.amp_dtype: torch.dtype | None = None
-        if amp:
+        if amp:  # fp16 (+ GradScaler in retrain) on CUDA; CPU autocast supports bfloat16
             self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        self.scaler = None
-        self.optimizer = None
-        self.criterion = None
+        self.scaler = self.optimizer = self.criterion = None
         if mode == "inference":
             self.module.requires_grad_(False)
             self.model = torch.compile(self.module) if compile else self.module
@@ -311,26 +316,19 @@ class ModelRunner:
         self._labels = torch.Generator(device="cpu")
         self._labels.manual_seed(seed)
         self.last_output: torch.Tensor | None = None
+        params = list(self.module.parameters())
         self.info = ModelInfo(
-            name=name,
-            params=sum(p.numel() for p in self.module.parameters()),
-            trainable_params=sum(p.numel() for p in self.module.parameters() if p.requires_grad),
-            head=head_name,
-            num_classes=self.num_classes,
+            name=name, params=sum(p.numel() for p in params),
+            trainable_params=sum(p.numel() for p in params if p.requires_grad),
+            head=head_name, num_classes=self.num_classes,
             amp_dtype=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else None,
-            compiled=bool(compile),
-            device=str(self.device),
+            compiled=bool(compile), device=str(self.device),
         )
 
     def _build(self, name, weights, local, num_classes, field_prefix) -> nn.Module:
         field = f"{field_prefix}.weights"
-        if weights is not None and not local:
-            member = _weights_enum_member(name, weights, field)
-            if self.mode == "inference" and num_classes not in (None, len(member.meta["categories"])):
-                raise UserError(f"{field_prefix}.num_classes", num_classes,
-                                f"{weights} weights have {len(member.meta['categories'])} classes",
-                                "drop num_classes, use weights: none or a local file, or mode: retrain")
-            return torchvision.models.get_model(name, weights=member)
+        if weights is not None and not local:  # may download into the torch hub cache
+            return torchvision.models.get_model(name, weights=_weights_enum_member(name, weights, field))
         kwargs = {"num_classes": num_classes} if num_classes and self.mode == "inference" else {}
         model = torchvision.models.get_model(name, weights=None, **kwargs)
         if weights is None:

@@ -86,22 +86,25 @@ def _check_level(level: object, field: str) -> None:
         )
 
 
-def _device_field(field: str) -> str:
-    return field[: -len("level")] + "device" if field.endswith("level") else field
+def _fields(field: str) -> tuple[str, str, str]:
+    """(level, device, size) field names from ``"….prep.level"`` or the prefix ``"….prep"``."""
+    base = field[: -len(".level")] if field.endswith(".level") else field
+    return f"{base}.level", f"{base}.device", f"{base}.size"
 
 
 def check_prep(level: str, device: str | torch.device = "cpu", field: str = "prep.level") -> None:
     """Raise :class:`UserError` for an unknown level or an unusable device.
 
-    ``field`` names the level (e.g. ``workers[0].prep.level``); the device is reported under the
-    sibling field (``...prep.device``).
+    ``field`` names the level (``workers[0].prep.level``) or the prep block (``workers[0].prep``);
+    errors are reported under ``….prep.level`` and ``….prep.device``.
     """
     from rayprof.model import check_device  # one device rule for prep and model
 
-    _check_level(level, field)
+    level_field, device_field, _ = _fields(field)
+    _check_level(level, level_field)
     check_device(
         str(device),
-        _device_field(field),
+        device_field,
         fix="run preprocessing on the CPU: set prep.device: cpu (or drop --prep-on-gpu)",
     )
 
@@ -126,7 +129,7 @@ class Preprocessor:
 
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise UserError(
-                field.rsplit(".", 1)[0] + ".size" if "." in field else "size",
+                _fields(field)[2],
                 size,
                 "not a positive integer",
                 "use the model's input size, e.g. 224",

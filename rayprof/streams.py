@@ -40,8 +40,9 @@ _env_lock = threading.Lock()
 def _ensure_rtsp_tcp() -> None:
     """Ask OpenCV's FFmpeg backend for RTSP over TCP (interleaved), keeping the user's own options.
 
-    OpenCV reads ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (``key;value|key;value``) at every open; an
-    ``rtsp_transport`` the user set there wins.
+    OpenCV reads ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (``key;value|key;value``) at every open and asks
+    for TCP itself only while that variable is unset; a user's options would otherwise bring back
+    FFmpeg's UDP-first default. An ``rtsp_transport`` the user set there wins.
     """
     with _env_lock:
         current = os.environ.get(_FFMPEG_OPTIONS_ENV, "")
@@ -168,16 +169,17 @@ class LiveSource(VideoSource):
             self._cond.notify_all()
 
     def _run(self, cap: Any) -> None:
-        outage_start: float | None = None  # monotonic time the current outage began
+        outage_start: float | None = None  # when the current outage began; cleared by a good frame
+        down_since: float | None = None    # when the connection was lost; cleared by a reconnect
         bad = 0
         try:
             while not self._stop.is_set():
                 if cap is None:
-                    if outage_start is None:
-                        outage_start = time.monotonic()
                     cap = self._open_with_retries(outage_start + self.settings.reconnect_s, first_now=False)
                     if cap is None:
                         break
+                    self._stats["gap_s"] += time.monotonic() - down_since
+                    down_since = None
                     self._stats["reconnects"] += 1
                 ok = self._blocking(cap.grab)
                 ts = self._clock()
@@ -190,20 +192,18 @@ class LiveSource(VideoSource):
                     bad = 0
                     cap.release()
                     cap = None
-                    if outage_start is None:
-                        outage_start = time.monotonic()
+                    down_since = time.monotonic()
+                    outage_start = outage_start if outage_start is not None else down_since
                     continue
                 bad = 0
-                if outage_start is not None:
-                    self._stats["gap_s"] += time.monotonic() - outage_start
-                    outage_start = None
+                outage_start = None
                 self._size = self._size or frame.shape[:2]
                 self._push(to_rgb(frame, self._size), ts)
         except BaseException as e:  # surfaced by read(); the thread must not die silently
             self._error = e
         finally:
-            if outage_start is not None:
-                self._stats["gap_s"] += time.monotonic() - outage_start
+            if down_since is not None:
+                self._stats["gap_s"] += time.monotonic() - down_since
             if cap is not None:
                 cap.release()
             with self._cond:

@@ -166,10 +166,21 @@ def test_bad_size():
     assert err.value.field == "prep.size"
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
-def test_cuda_without_gpu_is_a_user_error():
+@pytest.mark.parametrize("field", ["workers[1].prep.level", "workers[1].prep"])
+def test_field_names(field):
     with pytest.raises(UserError) as err:
-        check_prep("simple", "cuda", field="workers[1].prep.level")
+        check_prep("compex", "cpu", field=field)
+    assert err.value.field == "workers[1].prep.level" and "'complex'" in err.value.problem
+    with pytest.raises(UserError) as err:
+        check_prep("simple", "gpu", field=field)
+    assert err.value.field == "workers[1].prep.device"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+@pytest.mark.parametrize("field", ["workers[1].prep.level", "workers[1].prep"])
+def test_cuda_without_gpu_is_a_user_error(field):
+    with pytest.raises(UserError) as err:
+        check_prep("simple", "cuda", field=field)
     assert err.value.field == "workers[1].prep.device"
     assert "no CUDA GPU" in err.value.problem
     assert "prep.device: cpu" in err.value.fix and "--prep-on-gpu" in err.value.fix

@@ -1,0 +1,91 @@
+"""The fleet on one shared local Ray: actors, the sink, the manifest, failures, exit codes."""
+
+import os
+import socket
+
+import pandas as pd
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from rayprof import fleet  # noqa: E402
+from rayprof.sink import read_manifest, read_table  # noqa: E402
+from rayprof.spec import parse_fleet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def spec_for(video, output, workers, **top):
+    defaults = {"source": {"uri": str(video), "loop": True}, "model": "mobilenet_v3_small",
+                "prep": {"level": "simple", "size": 64}, "batch_size": 4, "max_steps": 6, "warmup_steps": 2,
+                "device": "cpu"}
+    return parse_fleet({"run": "t", "output": str(output), "flush_interval_s": 0.2, "defaults": defaults,
+                        "workers": workers, **top})
+
+
+def only_run(root):
+    (run_dir,) = [p for p in root.iterdir() if p.name.startswith("run=")]
+    return run_dir.name.removeprefix("run=")
+
+
+def test_fleet_writes_one_row_per_step_per_actor(local_ray, small_video, tmp_path):
+    spec = spec_for(small_video, tmp_path, [
+        {"name": "mnv3", "replicas": 2, "cores": "0"},
+        {"name": "retrain", "mode": "retrain", "model": {"name": "mobilenet_v3_small", "num_classes": 3},
+         "prep": "complex", "cores": "1", "max_steps": 5},
+    ])
+    assert fleet.submit(spec) == 0
+    run_id = only_run(tmp_path)
+    df = read_table(tmp_path, run_id).to_pandas()
+    man = read_manifest(tmp_path, run_id)
+    assert man["status"] == "completed" and man["exit_code"] == 0
+    assert set(man["actors"]) == {"mnv3-0", "mnv3-1", "retrain-0"}
+    for aid, actor in man["actors"].items():
+        assert actor["status"] == "completed", actor
+        rows = df[df.actor_id == aid]
+        # exactly one row per executed step
+        assert sorted(rows.step) == list(range(actor["steps"]))
+        assert actor["steps"] == (5 if aid == "retrain-0" else 6)
+        # pinned inside the actor process, not the driver's
+        assert set(rows.pid) != {os.getpid()}
+        assert rows.cores.iloc[0] == ("1" if aid == "retrain-0" else "0")
+        assert actor["identity"]["cores"] == rows.cores.iloc[0]
+    assert df[df.worker == "retrain"].loss.notna().all()
+    assert df[df.worker == "mnv3"].loss.isna().all()
+    assert df.warmup.sum() == 3 * 2
+    # every column of the schema, no nulls where a value is always known
+    for col in ("run_id", "worker", "node_id", "node_ip", "hostname", "t_start", "read_ms", "prep_ms", "exec_ms",
+                "total_ms", "frames", "frame_age_ms"):
+        assert df[col].notna().all(), col
+    assert (df.frames == 4).all()
+    assert man["nodes"] and all("cpu_model" in n for n in man["nodes"].values())
+
+
+def test_a_failed_actor_is_named_and_the_others_finish(local_ray, small_video, tmp_path, capsys):
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = spec_for(small_video, tmp_path, [
+        {"name": "good", "max_steps": 4},
+        {"name": "dead-stream", "source": {"uri": f"http://user:secret@127.0.0.1:{port}/live",
+                                           "open_timeout_s": 1, "reconnect_s": 0}},
+    ])
+    assert fleet.submit(spec) == 1
+    out = capsys.readouterr().out
+    assert "dead-stream-0 failed:" in out
+    assert "secret" not in out
+    run_id = only_run(tmp_path)
+    man = read_manifest(tmp_path, run_id)
+    assert man["status"] == "failed" and man["exit_code"] == 1
+    assert man["actors"]["good-0"]["status"] == "completed"
+    bad = man["actors"]["dead-stream-0"]
+    assert bad["status"] == "failed" and bad["error"]
+    assert "secret" not in (tmp_path / f"run={run_id}" / "_manifest.json").read_text()
+    df = read_table(tmp_path, run_id).to_pandas()
+    assert sorted(df[df.worker == "good"].step) == [0, 1, 2, 3]
+    assert isinstance(df, pd.DataFrame) and (df.worker != "dead-stream").all()
