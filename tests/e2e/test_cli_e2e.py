@@ -1,0 +1,111 @@
+"""The real commands, as a user types them, in a subprocess, on real videos."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def rayprof_cmd() -> list[str]:
+    script = Path(sys.executable).with_name("rayprof")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "rayprof.cli"]
+
+
+def rayprof(*args, cwd=REPO, timeout=600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(rayprof_cmd() + list(args), cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def runs_in(root: Path) -> list[str]:
+    return sorted(p.name.removeprefix("run=") for p in root.glob("run=*"))
+
+
+def test_run_one_worker_with_the_original_flags(small_video, tmp_path):
+    out = tmp_path / "runs"
+    res = rayprof("run", "--model-name", "mobilenet_v3_small", "--input_path", str(small_video), "--mode",
+                  "inference", "--batch-size", "4", "--prep-level", "medium", "--core-bind", "0",
+                  "--max-steps", "6", "--warmup-steps", "2", "--output", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    for col in ("worker", "steps", "frames", "FPS", "stage", "mean ms", "p50", "p90", "p99"):
+        assert col in res.stdout
+    for stage in ("read", "prep", "exec", "total"):
+        assert f" {stage} " in res.stdout
+    (run_id,) = runs_in(out)
+    df = pd.read_parquet(out / f"run={run_id}")
+    assert sorted(df.step) == list(range(6)) and (df.cores == "0").all()
+    man = json.loads((out / f"run={run_id}" / "_manifest.json").read_text())
+    assert man["status"] == "completed" and man["launcher"] == "in-process"
+    actor = next(iter(man["actors"].values()))
+    assert actor["steps"] == 6 and actor["ended_by"] == "max_steps"
+
+
+def test_run_to_the_end_of_a_file(small_video, tmp_path):
+    # 64 frames in batches of 10: six full batches and a short one of 4, then the worker ends
+    res = rayprof("run", "--model-name", "mobilenet_v3_small", "--input_path", str(small_video),
+                  "--batch-size", "10", "--max-steps", "0", "--output", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    (run_id,) = runs_in(tmp_path)
+    df = pd.read_parquet(tmp_path / f"run={run_id}").sort_values("step")
+    assert list(df.frames) == [10] * 6 + [4]
+
+
+def test_validate_the_main_job():
+    res = rayprof("validate", "jobs/fleet.yaml")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("sample (loop)") == 5 and "retrain" in res.stdout and "spec OK" in res.stdout
+
+
+@pytest.mark.slow
+def test_submit_the_main_job(tmp_path):
+    """`rayprof submit jobs/fleet.yaml` on an embedded local Ray, shortened with --set."""
+    out = tmp_path / "runs"
+    res = rayprof("submit", "jobs/fleet.yaml", "--set", "defaults.max_steps=4", "--set", "defaults.warmup_steps=1",
+                  "--output", str(out))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for worker in ("resnet18-b8", "mobilenet-b16", "mobilenet-b4-x2", "resnet18-retrain"):
+        assert worker in res.stdout
+    (run_id,) = runs_in(out)
+    run_dir = out / f"run={run_id}"
+    man = json.loads((run_dir / "_manifest.json").read_text())
+    assert man["status"] == "completed" and len(man["actors"]) == 5
+    # the same rows through pandas, pyarrow and DuckDB: exactly one per executed step
+    df = pd.read_parquet(run_dir)
+    assert len(df) == pq.read_table(run_dir).num_rows == 5 * 4
+    n, = duckdb.connect().execute(f"SELECT count(DISTINCT (actor_id, step)) FROM read_parquet('{run_dir}/**/*.parquet')").fetchone()
+    assert n == 20
+    for aid, actor in man["actors"].items():
+        assert actor["status"] == "completed" and actor["steps"] == 4
+    assert df[df.mode == "retrain"].loss.notna().all()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "--input_path", "/definitely/not/here.mp4"], "source.uri = '/definitely/not/here.mp4'"),
+        (["run", "--input_path", "{text}"], "is not a video"),
+        (["run", "--model-name", "resnet5000"], "model.name = 'resnet5000'"),
+        (["validate", "{spec}"], "did you mean 'batch_size'"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr(args, needle, tmp_path):
+    text = tmp_path / "clip.mp4"
+    text.write_text("not a video")
+    spec = tmp_path / "job.yaml"
+    spec.write_text("workers:\n  - {name: a, model: resnet18, source: synthetic, batchsize: 4}\n")
+    args = [a.replace("{text}", str(text)).replace("{spec}", str(spec)) for a in args]
+    res = rayprof(*args, "--output", str(tmp_path / "o")) if args[0] == "run" else rayprof(*args)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
+    assert res.stdout == ""
+    assert not (tmp_path / "o").exists()
