@@ -25,7 +25,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra tests/unit
 
 bench: $(STAMP)
-	$(PY) benchmarks/markers_overhead.py
+	$(PY) benchmarks/instrumentation_overhead.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

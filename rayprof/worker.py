@@ -256,56 +256,50 @@ class StreamWorker:
         import torch
 
         p = self.plan
-        timer = StageTimer(self._clock)
-        exec_sync = self.runner.synchronize
+        # the hot path reads locals only: every attribute lookup here is paid once per step
+        clock, wall = self._clock, self._wall
+        timer = StageTimer(clock)
+        lap = timer.lap
+        read, prep, run_step = self.source.read, self.prep, self.runner.step
+        prep_sync, exec_sync = self._prep_sync, self.runner.synchronize
+        append, stopped = self.buffer.append, self._stop.is_set
+        batch_size, max_steps, warmup_steps, flush_s = p.batch_size, p.max_steps, p.warmup_steps, p.flush_interval_s
         labels_gen = torch.Generator().manual_seed(p.seed + p.replica)
-        retrain = p.mode == "retrain"
-        last_flush = self._clock()
+        make_labels = self.runner.make_labels if p.mode == "retrain" else None
+        last_flush = clock()
         step = 0
         while True:
-            if self._stop.is_set():
+            if stopped():
                 return "stop"
-            if p.max_steps and step >= p.max_steps:
+            if max_steps and step >= max_steps:
                 return "max_steps"
-            t_wall = self._wall()
+            t_wall = wall()
             timer.start()
             with mark("step", step):
                 with mark("read", step):
-                    batch = self.source.read(p.batch_size)
-                timer.lap("read")
+                    batch = read(batch_size)
+                lap("read")
                 if batch is None or batch.n == 0:
                     return "end_of_stream"
+                n = batch.n
                 with mark("prep", step):
-                    x = self.prep(batch.frames)
-                    timer.lap("prep", self._prep_sync)
-                labels = self.runner.make_labels(batch.n, labels_gen) if retrain else None
+                    x = prep(batch.frames)
+                    lap("prep", prep_sync)
+                labels = make_labels(n, labels_gen) if make_labels is not None else None
                 with mark("exec", step):
-                    loss = self.runner.step(x, labels, step=step)
-                    timer.lap("exec", exec_sync)
-            age_ms = self._wall() / 1e6 - float(batch.capture_ts.min()) * 1e3
+                    loss = run_step(x, labels, step=step)
+                    lap("exec", exec_sync)
+            # frames arrive in capture order: the first is the oldest in the batch
+            age_ms = wall() / 1e6 - float(batch.capture_ts[0]) * 1e3
             ms = timer.ms
-            self.buffer.append(
-                StepRecord(
-                    step=step,
-                    warmup=step < p.warmup_steps,
-                    t_start_ns=t_wall,
-                    read_ms=ms["read"],
-                    prep_ms=ms["prep"],
-                    exec_ms=ms["exec"],
-                    transfer_ms=None,
-                    total_ms=timer.total_ms(),
-                    frames=batch.n,
-                    dropped_frames=batch.dropped,
-                    frame_age_ms=age_ms,
-                    loss=loss,
-                )
-            )
+            append(StepRecord(step, step < warmup_steps, t_wall, ms["read"], ms["prep"], ms["exec"], None,
+                              timer.total_ms(), n, batch.dropped, age_ms, loss))
             step += 1
             self._steps = step
-            self._frames += batch.n
-            if len(self.buffer) >= MAX_BUFFERED_ROWS or self._clock() - last_flush >= p.flush_interval_s:
+            self._frames += n
+            if len(self.buffer) >= MAX_BUFFERED_ROWS or clock() - last_flush >= flush_s:
                 self._flush()
-                last_flush = self._clock()
+                last_flush = clock()
 
     def _flush(self) -> None:
         """Ship buffered rows. A batch whose emit fails is kept and sent first next time."""

@@ -85,7 +85,7 @@ def test_submit_the_main_job(tmp_path):
     assert n == 20
     for aid, actor in man["actors"].items():
         assert actor["status"] == "completed" and actor["steps"] == 4
-    assert df[df.mode == "retrain"].loss.notna().all()
+    assert df[df["mode"] == "retrain"].loss.notna().all()
 
 
 @pytest.mark.parametrize(
