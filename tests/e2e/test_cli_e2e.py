@@ -109,3 +109,35 @@ def test_bad_input_is_one_line_on_stderr(args, needle, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
     assert res.stdout == ""
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_run_gracefully(sig, tmp_path):
+    """Ctrl-C / SIGTERM: the worker stops after its step, flushes, and the manifest says stopped."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(rayprof_cmd() + ["run", "--model-name", "mobilenet_v3_small", "--input_path", "synthetic",
+                                             "--batch-size", "2", "--max-steps", "0", "--output", str(tmp_path)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("run=*/worker=*/part-*.parquet")):  # rows are being written
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no rows within 120 s"
+            time.sleep(0.2)
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out + err
+    assert "stopping every worker" in err and "Traceback" not in err
+    (run_id,) = runs_in(tmp_path)
+    man = json.loads((tmp_path / f"run={run_id}" / "_manifest.json").read_text())
+    assert man["status"] == "stopped"
+    actor = next(iter(man["actors"].values()))
+    assert actor["status"] == "stopped" and actor["ended_by"] == "stop"
+    df = pd.read_parquet(tmp_path / f"run={run_id}")
+    assert sorted(df.step) == list(range(actor["steps"]))  # every executed step, once
