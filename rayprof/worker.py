@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 from . import affinity
+from .errors import UserError
 from .markers import mark
 from .metrics import RowBuffer, StepRecord
 from .plan import WorkerPlan
@@ -226,9 +227,12 @@ class StreamWorker:
             result.ended_by = self._loop()
             result.status = "stopped" if result.ended_by == "stop" else "completed"
         except BaseException as e:  # noqa: BLE001 - reported, not swallowed
-            result.error = f"{type(e).__name__}: {e}".splitlines()[0]
-            result.traceback = traceback.format_exc()
-            print(result.traceback, file=sys.stderr, flush=True)
+            if isinstance(e, UserError):  # e.g. a stream that cannot be opened: its one line says it all
+                result.error = e.message
+            else:
+                result.error = f"{type(e).__name__}: {e}".splitlines()[0]
+                result.traceback = traceback.format_exc()
+                print(result.traceback, file=sys.stderr, flush=True)
             if isinstance(e, KeyboardInterrupt):
                 result.status, result.ended_by = "stopped", "stop"
         finally:
