@@ -82,7 +82,7 @@ def validate(spec_path: str, overrides: tuple[str, ...], remote: bool) -> int:
     for r in rows:
         table.add_row(*(str(v) for v in r.values()))
     con = driver.console()
-    con.print(table)
+    driver.print_table(con, table)
     con.print("spec OK")
     return 0
 

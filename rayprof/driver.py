@@ -170,6 +170,19 @@ def console():
                    width=None if sys.stdout.isatty() else 160)
 
 
+def print_table(con, table) -> None:
+    """Print a table whole: wider than the terminal rather than with truncated names."""
+    from rich.measure import Measurement
+
+    need = Measurement.get(con, con.options.update_width(10_000), table).maximum
+    if need <= con.width:
+        con.print(table)
+        return
+    from rich.console import Console
+
+    Console(width=need, file=con.file, force_terminal=con.is_terminal, highlight=False).print(table)
+
+
 class ProgressView:
     """Live per-actor progress: a rich table on a terminal, plain lines otherwise."""
 
@@ -179,6 +192,7 @@ class ProgressView:
         self.interval_s = interval_s if interval_s is not None else (0.5 if self.tty else 5.0)
         self.t0 = time.monotonic()
         self._last_print = 0.0
+        self._printed: dict[str, tuple] = {}
         self._live = None
         self.latest: dict[str, dict] = {aid: {"actor_id": aid, "status": "pending"} for aid in self.plans}
         if self.tty:
@@ -209,9 +223,15 @@ class ProgressView:
         now = time.monotonic()
         if now - self._last_print >= self.interval_s:
             self._last_print = now
-            parts = [f"{aid} {pr.get('status')} {pr.get('steps', 0)} steps {pr.get('fps', 0.0):.1f} fps"
-                     for aid, pr in self.latest.items()]
-            print(f"[{now - self.t0:6.1f}s] " + " | ".join(parts), flush=True)
+            for aid, pr in self.latest.items():  # one line per actor that moved since the last print
+                key = (pr.get("status"), pr.get("steps", 0))
+                if self._printed.get(aid) == key:
+                    continue
+                self._printed[aid] = key
+                limit = self.plans[aid].max_steps if aid in self.plans else 0
+                steps = f"{pr.get('steps', 0)}/{limit}" if limit else f"{pr.get('steps', 0)}"
+                print(f"[{now - self.t0:6.1f}s] {aid:<24} {pr.get('status', ''):<9} step {steps:>9} "
+                      f"{pr.get('fps', 0.0):8.1f} fps", flush=True)
 
     def close(self) -> None:
         if self._live is not None:
@@ -259,7 +279,7 @@ def print_summary(root: str | os.PathLike, run_id: str, statuses: dict[str, str]
     if df.empty:
         con.print("no rows in the dataset")
         return df
-    con.print(summary_table(df, statuses))
+    print_table(con, summary_table(df, statuses))
     n_warm = int(df["warmup"].sum())
     con.print(f"FPS = frames / wall-clock span; latencies in ms; {n_warm} warm-up step(s) excluded. "
               f"Dataset: {run_dir(root, run_id)}")
