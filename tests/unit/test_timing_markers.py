@@ -54,3 +54,26 @@ def test_marks_outside_a_profiler_are_transparent():
             raise ValueError("inner")
     except ValueError as e:
         assert str(e) == "inner"
+
+
+def test_engine_and_retrain_ranges_in_a_profiler_trace():
+    """A real retrain step inside the engine: step/read/prep/exec and forward/backward/optimizer."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from rayprof.model import ModelRunner
+    from rayprof.prep import Preprocessor
+    from rayprof.worker import StreamWorker
+
+    from .fakes import FakeClock, FakeSource, make_plan
+
+    clock = FakeClock()
+    plan = make_plan(mode="retrain", model="mobilenet_v3_small", num_classes=3, max_steps=2, batch_size=2)
+    w = StreamWorker(plan, lambda b: None, pin=False, source_factory=lambda p: FakeSource(clock, 100),
+                     prep_factory=lambda p: Preprocessor("simple", "cpu", size=32),
+                     runner_factory=lambda p: ModelRunner(p.model, mode="retrain", num_classes=3))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        res = w.run()
+    assert res.steps == 2
+    names = {e.key for e in prof.key_averages()}
+    for stage in ("step", "read", "prep", "exec", "forward", "backward", "optimizer"):
+        assert f"rayprof/{stage}" in names, stage
