@@ -165,6 +165,21 @@ def allocate(n: int, available: list[int], per_actor: int | None = None) -> list
     return out
 
 
+def _thread_ids() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # not Linux: the calling thread only
+        return [0]
+
+
+def process_cores() -> list[int]:
+    """The affinity of the process's main thread (what ``taskset -p`` shows)."""
+    try:
+        return sorted(os.sched_getaffinity(os.getpid()))
+    except AttributeError:  # pragma: no cover - not Linux
+        return available_cores()
+
+
 def pin(cores: list[int]) -> list[int]:
     """Pin this process to ``cores`` and size the thread pools to match.
 
@@ -176,6 +191,13 @@ def pin(cores: list[int]) -> list[int]:
         raise ValueError("pin(): empty core set")
     setaff = getattr(os, "sched_setaffinity", None)
     if setaff is not None:
+        # sched_setaffinity(0) pins only the calling thread; a Ray actor runs its methods in a
+        # pool thread, so pin every thread of the process (threads made later inherit the mask)
+        for tid in _thread_ids():
+            try:
+                setaff(tid, set(cores))
+            except (ProcessLookupError, PermissionError):  # a thread that just exited
+                pass
         setaff(0, set(cores))
     n = len(set(cores))
     import torch  # lazy: parsing and allocation stay importable without torch

@@ -4,6 +4,7 @@ line on stderr; a run in which an actor failed (or that was stopped) exits 1."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -53,7 +54,7 @@ def submit(spec_path: str, overrides: tuple[str, ...], address: str | None, outp
     """Run the fleet in SPEC on Ray: one actor per worker replica."""
     from .spec import load_fleet
 
-    spec = load_fleet(spec_path, list(overrides) + ([f"output={output}"] if output else []))
+    spec = load_fleet(spec_path, list(overrides), output=output)
     from . import fleet
 
     return fleet.submit(spec, address=address)
@@ -120,7 +121,7 @@ def run(**o) -> int:
     from .spec import parse_fleet
 
     worker = {
-        "name": o["model_name"].replace("/", "_")[:64] or "worker",
+        "name": re.sub(r"[^A-Za-z0-9_.-]+", "-", o["model_name"]).strip("-.")[:64] or "worker",
         "source": {"uri": o["input_path"], "loop": o["loop"]},
         "model": {"name": o["model_name"], "weights": o["weights"], "num_classes": o["num_classes"],
                   "compile": o["enable_compile"], "amp": o["use_amp"]},
@@ -133,8 +134,24 @@ def run(**o) -> int:
         "warmup_steps": o["warmup_steps"],
         "seed": o["seed"],
     }
-    spec = parse_fleet({"run": o["run_name"], "output": o["output"], "workers": [worker]}, "rayprof run")
-    return driver.run_single(spec)
+    try:
+        spec = parse_fleet({"run": o["run_name"], "output": o["output"], "workers": [worker]}, "rayprof run")
+        return driver.run_single(spec)
+    except UserError as e:  # name the flag the user typed, not the spec key behind it
+        key = e.field.removeprefix("workers[0].")
+        if key in RUN_FLAGS:
+            raise UserError(RUN_FLAGS[key], e.value, e.problem, e.fix) from None
+        raise
+
+
+#: spec key → the `rayprof run` flag that sets it (for error messages)
+RUN_FLAGS = {
+    "model.name": "--model-name", "source.uri": "--input_path", "mode": "--mode", "batch_size": "--batch-size",
+    "prep.level": "--prep-level", "prep.device": "--prep-on-gpu", "device": "--infer-on-gpu",
+    "cores": "--core-bind", "model.compile": "--enable-compile", "model.amp": "--use-amp",
+    "max_steps": "--max-steps", "warmup_steps": "--warmup-steps", "model.weights": "--weights",
+    "model.num_classes": "--num-classes", "seed": "--seed", "run": "--run-name", "output": "--output",
+}
 
 
 @main.command()

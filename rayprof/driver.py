@@ -36,7 +36,7 @@ def preflight(spec: FleetSpec, *, local: bool = True) -> None:
 
     ``local``: the workers run on this machine, so files, cores and GPUs are checked here.
     """
-    from .model import check_device, check_model
+    from .model import ModelRunner, check_device, check_model, is_local_path
     from .prep import check_prep
     from .samples import resolve_uri
     from .source import SourceSettings, check_source
@@ -45,6 +45,9 @@ def preflight(spec: FleetSpec, *, local: bool = True) -> None:
         f = f"workers[{i}]"
         check_model(w.model.name, w.model.weights, field_prefix=f"{f}.model", mode=w.mode,
                     compile=w.model.compile, num_classes=w.model.num_classes)
+        if local and w.model.weights and is_local_path(w.model.weights):  # load it once: wrong files fail here
+            ModelRunner(w.model.name, mode=w.mode, device="cpu", weights=w.model.weights,
+                        num_classes=w.model.num_classes, field_prefix=f"{f}.model")
         check_prep(w.prep.level, w.prep.device if local and w.prep.device != "auto" else "cpu", field=f"{f}.prep.level")
         if local and w.device != "auto":
             check_device(w.device, field=f"{f}.device")
@@ -146,9 +149,9 @@ def _iso(t: float) -> str:
 
 
 def _mask_arg(arg: str) -> str:
-    from .source import mask_url
+    from .source import mask_text
 
-    return mask_url(arg) if "://" in arg else arg
+    return mask_text(arg)
 
 
 def run_status(results: Iterable[dict]) -> tuple[str, int]:
@@ -326,7 +329,7 @@ def stop_on_signals(stop: Callable[[], None]):
 
 def run_single(spec: FleetSpec) -> int:
     """One worker in this process, no Ray: the original tool's ``worker.py``."""
-    from .worker import StreamWorker
+    from .worker import Emitter, StreamWorker
 
     preflight(spec, local=True)
     run_id = make_run_id(spec.run)
@@ -339,7 +342,7 @@ def run_single(spec: FleetSpec) -> int:
     con = console()
     con.print(f"rayprof run {run_id}: {plan.model} {plan.mode} batch {plan.batch_size} on {plan.exec_device}, "
               f"prep {plan.prep_level}@{plan.prep_device}, cores {plan_row(plan)['cores']}")
-    worker = StreamWorker(plan, lambda b: writer.write(plan.worker, plan.actor_id, b))
+    worker = StreamWorker(plan, Emitter(lambda b, seq: writer.write(plan.worker, plan.actor_id, b, seq)))
     view = ProgressView(plans)
     done = threading.Event()
 

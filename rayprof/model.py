@@ -343,7 +343,12 @@ class ModelRunner:
             own = model.state_dict()
             state = {k: v for k, v in state.items()
                      if not (k.startswith(head_name + ".") and k in own and own[k].shape != v.shape)}
-        result = model.load_state_dict(state, strict=False)
+        try:
+            result = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # same keys, other shapes: another variant of the model
+            detail = " ".join(str(exc).split())[:160]
+            raise UserError(field, weights, f"does not fit {name} ({detail})",
+                            f"save it from torchvision's {name} with torch.save(model.state_dict(), path)") from None
         head = find_head(model)[0] + "." if self.mode == "retrain" else None
         missing = [k for k in result.missing_keys if not (head and k.startswith(head))]
         if missing or result.unexpected_keys:

@@ -63,8 +63,10 @@ class DatasetWriter:
         self.files = 0
         self.bytes = 0
 
-    def write(self, worker: str, actor_id: str, batch: pa.RecordBatch | pa.Table) -> Path | None:
-        """Append one batch of ``actor_id``'s rows to ``worker``'s partition."""
+    def write(self, worker: str, actor_id: str, batch: pa.RecordBatch | pa.Table, seq: int | None = None) -> Path | None:
+        """Write one batch of ``actor_id``'s rows to ``worker``'s partition as file ``seq``
+        (the next free number if not given). Writing the same ``seq`` again replaces that file
+        atomically, so a re-delivered batch is never counted twice."""
         if batch.num_rows == 0:
             return None
         if batch.schema != FILE_SCHEMA:
@@ -72,19 +74,26 @@ class DatasetWriter:
         worker = safe_component(worker, "worker name")
         actor = safe_component(actor_id, "actor id")
         with self._lock:
-            seq = self._seq.get((worker, actor), 0)
-            self._seq[(worker, actor)] = seq + 1
+            if seq is None:
+                seq = self._seq.get((worker, actor), 0)
+            self._seq[(worker, actor)] = max(seq + 1, self._seq.get((worker, actor), 0))
         part_dir = _inside(self.root, self.dir / f"worker={worker}")
         part_dir.mkdir(parents=True, exist_ok=True)
         final = part_dir / f"part-{actor}-{seq:06d}.parquet"
         tmp = part_dir / f".{final.name}.tmp"
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        pq.write_table(table, tmp, compression=self.compression)
-        os.replace(tmp, final)
+        replaced = final.exists()
+        try:
+            pq.write_table(table, tmp, compression=self.compression)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         with self._lock:
-            self.rows += table.num_rows
-            self.files += 1
-            self.bytes += final.stat().st_size
+            if not replaced:
+                self.rows += table.num_rows
+                self.files += 1
+                self.bytes += final.stat().st_size
         return final
 
     def stats(self) -> dict[str, int]:

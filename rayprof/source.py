@@ -130,7 +130,8 @@ def source_kind(uri: str, field: str = "source") -> str:
 
 def _is_secret(name: str) -> bool:
     n = name.lower().replace("-", "_")
-    return n in _SECRET_NAMES or n.endswith(("_key", "_token", "_password", "_secret", "apikey"))
+    return n in _SECRET_NAMES or n.endswith(
+        ("_key", "_token", "_password", "_secret", "apikey", "signature", "credential", "_auth"))
 
 
 def mask_url(uri: str) -> str:
@@ -160,6 +161,14 @@ def mask_url(uri: str) -> str:
             lambda p: f"{p.group(1)}{p.group(2)}=***" if _is_secret(p.group(2)) else p.group(0), query)
         rest = rest[:q] + query + frag
     return s[:start] + netloc + rest
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+
+
+def mask_text(text: str) -> str:
+    """``text`` with every URL in it masked by :func:`mask_url` (for command lines, messages)."""
+    return _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), str(text))
 
 
 def _file_path(uri: str) -> Path:

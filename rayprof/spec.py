@@ -270,6 +270,11 @@ def parse_fleet(raw: Any, source: str = "spec") -> FleetSpec:
             workers.append(WorkerSpec.model_validate(merged))
         except ValidationError as e:
             raise _error_from_pydantic(e.errors()[0], f"workers[{i}]", w, defaults, i) from None
+    for i, w in enumerate(workers):
+        if w.max_steps and w.warmup_steps >= w.max_steps:
+            where = f"workers[{i}]" if "warmup_steps" in workers_raw[i] or "max_steps" in workers_raw[i] else "defaults"
+            raise UserError(f"{where}.warmup_steps", w.warmup_steps, f"leaves no measured step of max_steps {w.max_steps}",
+                            "make warmup_steps smaller than max_steps (or max_steps 0: until the source ends)")
     seen: dict[str, int] = {}
     for i, w in enumerate(workers):
         if w.name in seen:
@@ -297,21 +302,27 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             value = text
         parts: list[Any] = [p for p in re.split(r"\.|\[|\]", key.strip()) if p != ""]
         node: Any = raw
-        for j, part in enumerate(parts[:-1]):
+        for j, part in enumerate(parts):
             if isinstance(node, list):
                 idx = _worker_index(node, part, key)
-                node = node[idx]
+                if j == len(parts) - 1:
+                    node[idx] = value
+                else:
+                    node = node[idx]
                 continue
-            if part not in node or node[part] is None:
+            if not isinstance(node, dict):
+                where = ".".join(parts[:j])
+                raise UserError("--set", key, f"{where} is a value, not a mapping",
+                                f"set {where}=... itself, or check the key path in the README")
+            if j == len(parts) - 1:
+                node[part] = value
+            elif part not in node or node[part] is None:
                 node[part] = {}
-            elif isinstance(node[part], str) and part in ("model", "source", "prep"):
-                node[part] = _expand_shorthand({part: node[part]})[part]
-            node = node[part]
-        last = parts[-1]
-        if isinstance(node, list):
-            node[_worker_index(node, last, key)] = value
-        else:
-            node[last] = value
+                node = node[part]
+            else:
+                if isinstance(node[part], (str, int)) and part in ("model", "source", "prep"):
+                    node[part] = _expand_shorthand({part: node[part]})[part]
+                node = node[part]
     return raw
 
 
@@ -340,13 +351,15 @@ def load_yaml(path: str | Path) -> dict:
     return raw if raw is not None else {}
 
 
-def load_fleet(path: str | Path, overrides: list[str] | None = None) -> FleetSpec:
-    """Read, override and validate a job spec file."""
+def load_fleet(path: str | Path, overrides: list[str] | None = None, output: str | None = None) -> FleetSpec:
+    """Read, override and validate a job spec file (``output`` replaces the spec's, verbatim)."""
     raw = load_yaml(path)
     if overrides:
         if not isinstance(raw, dict):
             raw = {}
         raw = apply_overrides(raw, overrides)
+    if output is not None and isinstance(raw, dict):
+        raw = {**raw, "output": output}
     spec = parse_fleet(raw, str(path))
     if "run" not in raw:
         stem = re.sub(r"[^A-Za-z0-9_.-]", "-", Path(path).stem) or "rayprof"

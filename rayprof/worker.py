@@ -40,6 +40,44 @@ Emit = Callable[[pa.RecordBatch], None]
 MAX_BUFFERED_ROWS = 4096
 
 
+class Emitter:
+    """Ships a worker's batches and owns them once handed over: a batch whose delivery fails
+    is kept and delivered first on the next call or on ``drain()``. Each batch carries its
+    sequence number, so a sink that names files by (actor, seq) makes a re-delivery replace
+    the same file: exactly one row per executed step, even across retries.
+
+    This one wraps a synchronous ``write(batch, seq)``; ``fleet.SinkEmitter`` is the
+    asynchronous Ray version with the same contract.
+    """
+
+    def __init__(self, write: Callable[[pa.RecordBatch, int], object], max_unsent: int = 8):
+        self._write = write
+        self._unsent: list[tuple[int, pa.RecordBatch]] = []
+        self._seq = 0
+        self.max_unsent = max_unsent
+        self.rows = 0  # rows whose delivery was acknowledged
+        self.failures = 0
+
+    def __call__(self, batch: pa.RecordBatch) -> None:
+        """Deliver ``batch`` (and any earlier undelivered ones). A failure is survived while at
+        most ``max_unsent`` batches wait; past that it is raised (the sink is gone)."""
+        self._unsent.append((self._seq, batch))
+        self._seq += 1
+        try:
+            self.drain()
+        except Exception:
+            self.failures += 1
+            if len(self._unsent) > self.max_unsent:
+                raise
+
+    def drain(self) -> None:
+        while self._unsent:
+            seq, batch = self._unsent[0]
+            self._write(batch, seq)
+            self._unsent.pop(0)
+            self.rows += batch.num_rows
+
+
 @dataclass
 class WorkerResult:
     """How an actor's run ended."""
@@ -102,6 +140,7 @@ def _default_runner(plan: WorkerPlan):
         amp=plan.amp,
         lr=plan.lr,
         seed=plan.seed,
+        field_prefix=f"{plan.field}.model",
     )
 
 
@@ -123,7 +162,7 @@ class StreamWorker:
         pin: bool = True,
     ):
         self.plan = plan
-        self._emit = emit
+        self._emit = emit if hasattr(emit, "drain") else Emitter(lambda batch, seq: emit(batch))
         self._context = context or default_context
         self._clock = clock
         self._wall = wall_clock
@@ -135,11 +174,9 @@ class StreamWorker:
         self._ready = False
         self.source = self.prep = self.runner = None
         self.buffer: RowBuffer | None = None
-        self._pending: list[pa.RecordBatch] = []
         self.identity: dict = {}
         self._steps = 0
         self._frames = 0
-        self._rows_emitted = 0
         self._status = "created"
         self._t_run0: float | None = None
         self._setup_s = 0.0
@@ -154,9 +191,10 @@ class StreamWorker:
         self._status = "starting"
         p = self.plan
         pinned = affinity.pin(list(p.cores)) if self._pin and p.cores else list(p.cores)
-        self.source = self._source_factory(p)
         self.prep = self._prep_factory(p)
         self.runner = self._runner_factory(p)
+        # the source opens last: a live stream's buffer must not fill while the model loads
+        self.source = self._source_factory(p)
         info = getattr(self.runner, "info", None)
         ctx = self._context()
         gpu_name = None
@@ -205,7 +243,7 @@ class StreamWorker:
             "status": self._status,
             "steps": self._steps,
             "frames": self._frames,
-            "rows_emitted": self._rows_emitted,
+            "rows_emitted": self._emit.rows,
             "elapsed_s": elapsed,
             "fps": self._frames / elapsed if elapsed > 0 else 0.0,
             "node_ip": self.identity.get("node_ip"),
@@ -238,15 +276,13 @@ class StreamWorker:
         finally:
             try:
                 self._flush()
-                drain = getattr(self._emit, "drain", None)
-                if drain is not None:  # asynchronous emitters confirm every batch before run() returns
-                    drain()
+                self._emit.drain()  # every batch confirmed before run() returns
             except Exception as e:  # the sink is gone: say so, keep the first error
                 result.status = "failed"
                 result.error = result.error or f"flush failed: {type(e).__name__}: {e}"
             self.close()
         self._status = result.status
-        result.steps, result.frames, result.rows_emitted = self._steps, self._frames, self._rows_emitted
+        result.steps, result.frames, result.rows_emitted = self._steps, self._frames, self._emit.rows
         result.setup_s, result.run_s = self._setup_s, self._clock() - t0
         result.identity = dict(self.identity)
         if self.source is not None and hasattr(self.source, "stats"):
@@ -306,12 +342,9 @@ class StreamWorker:
                 last_flush = clock()
 
     def _flush(self) -> None:
-        """Ship buffered rows. A batch whose emit fails is kept and sent first next time."""
+        """Hand the buffered rows to the emitter (which keeps them until delivered)."""
         if self.buffer is not None and len(self.buffer):
-            self._pending.append(self.buffer.to_batch())
-        while self._pending:
-            self._emit(self._pending[0])
-            self._rows_emitted += self._pending.pop(0).num_rows
+            self._emit(self.buffer.to_batch())
 
     def close(self) -> None:
         if self.source is not None:

@@ -91,9 +91,9 @@ def test_submit_the_main_job(tmp_path):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["run", "--input_path", "/definitely/not/here.mp4"], "source.uri = '/definitely/not/here.mp4'"),
+        (["run", "--input_path", "/definitely/not/here.mp4"], "--input_path = '/definitely/not/here.mp4'"),
         (["run", "--input_path", "{text}"], "is not a video"),
-        (["run", "--model-name", "resnet5000"], "model.name = 'resnet5000'"),
+        (["run", "--model-name", "resnet5000"], "--model-name = 'resnet5000'"),
         (["validate", "{spec}"], "did you mean 'batch_size'"),
     ],
 )

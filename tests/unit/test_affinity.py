@@ -193,3 +193,24 @@ def test_pin_in_process_restores():
 def test_pin_empty():
     with pytest.raises(ValueError):
         pin([])
+
+
+def test_pin_from_a_worker_thread_pins_the_whole_process():
+    """A Ray actor runs its methods in a pool thread: pinning there must pin the process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from rayprof.affinity import available_cores
+
+    if len(available_cores()) < 2:
+        pytest.skip("needs two cores to tell a pinned set from the full one")
+    code = textwrap.dedent("""
+        import os, threading
+        from rayprof.affinity import pin, process_cores
+        t = threading.Thread(target=lambda: pin([0]))
+        t.start(); t.join()
+        print(sorted(os.sched_getaffinity(0)), process_cores())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[0]", "[0]"]

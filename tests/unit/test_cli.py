@@ -48,21 +48,21 @@ def bad_core() -> str:
 
 def run_args(video, out, *extra):
     return ["run", "--model-name", "mobilenet_v3_small", "--input_path", str(video), "--batch-size", "2",
-            "--max-steps", "2", "--output", str(out), *extra]
+            "--max-steps", "2", "--warmup-steps", "1", "--output", str(out), *extra]
 
 
 CASES = {
-    "missing video": (lambda v, t: ["--input_path", str(t / "nope.mp4")], ["source.uri", "nope.mp4"]),
-    "not a video": (lambda v, t: ["--input_path", str(_text_file(t))], ["source.uri", "notes.mp4"]),
-    "unknown model": (lambda v, t: ["--model-name", "resnet51"], ["model.name", "'resnet51'", "resnet50"]),
-    "unknown prep level": (lambda v, t: ["--prep-level", "extreme"], ["prep.level", "'extreme'", "simple"]),
-    "batch size 0": (lambda v, t: ["--batch-size", "0"], ["batch_size = 0", "1 or more"]),
-    "batch size negative": (lambda v, t: ["--batch-size", "-4"], ["batch_size = -4"]),
-    "max steps negative": (lambda v, t: ["--max-steps", "-1"], ["max_steps = -1", "0 or more"]),
-    "core the machine lacks": (lambda v, t: ["--core-bind", bad_core()], ["cores", bad_core()]),
-    "bad core syntax": (lambda v, t: ["--core-bind", "3-1"], ["cores", "'3-1'"]),
-    "weights path missing": (lambda v, t: ["--weights", str(t / "w.pth")], ["model.weights", "w.pth"]),
-    "unknown weights name": (lambda v, t: ["--weights", "IMAGENET9K_V9"], ["model.weights", "IMAGENET9K_V9"]),
+    "missing video": (lambda v, t: ["--input_path", str(t / "nope.mp4")], ["--input_path", "nope.mp4"]),
+    "not a video": (lambda v, t: ["--input_path", str(_text_file(t))], ["--input_path", "notes.mp4", "not a video"]),
+    "unknown model": (lambda v, t: ["--model-name", "resnet51"], ["--model-name = 'resnet51'", "resnet50"]),
+    "unknown prep level": (lambda v, t: ["--prep-level", "extreme"], ["--prep-level = 'extreme'", "simple"]),
+    "batch size 0": (lambda v, t: ["--batch-size", "0"], ["--batch-size = 0", "1 or more"]),
+    "batch size negative": (lambda v, t: ["--batch-size", "-4"], ["--batch-size = -4"]),
+    "max steps negative": (lambda v, t: ["--max-steps", "-1"], ["--max-steps = -1", "0 or more"]),
+    "core the machine lacks": (lambda v, t: ["--core-bind", bad_core()], ["--core-bind", bad_core()]),
+    "bad core syntax": (lambda v, t: ["--core-bind", "3-1"], ["--core-bind = '3-1'"]),
+    "weights path missing": (lambda v, t: ["--weights", str(t / "w.pth")], ["--weights", "w.pth"]),
+    "unknown weights name": (lambda v, t: ["--weights", "IMAGENET9K_V9"], ["--weights = 'IMAGENET9K_V9'"]),
 }
 
 
@@ -82,7 +82,7 @@ def test_bad_run_input(case, runner, small_video, tmp_path, existing_run):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
-@pytest.mark.parametrize("flag, field", [("--infer-on-gpu", "device"), ("--prep-on-gpu", "prep.device = ")])
+@pytest.mark.parametrize("flag, field", [("--infer-on-gpu", "--infer-on-gpu = 'cuda'"), ("--prep-on-gpu", "--prep-on-gpu = 'cuda'")])
 def test_gpu_requested_without_one(flag, field, runner, small_video, tmp_path):
     line = one_line_error(runner.invoke(main, run_args(small_video, tmp_path / "o", flag)), field, "cuda")
     assert "cpu" in line.lower()  # says how to run on CPU
@@ -91,7 +91,7 @@ def test_gpu_requested_without_one(flag, field, runner, small_video, tmp_path):
 
 def write_spec(tmp_path, video, **worker):
     spec = {"run": "v", "output": str(tmp_path / "runs"),
-            "defaults": {"source": str(video), "model": "mobilenet_v3_small", "max_steps": 3},
+            "defaults": {"source": str(video), "model": "mobilenet_v3_small", "max_steps": 3, "warmup_steps": 1},
             "workers": [{"name": "a", **worker}, {"name": "b", "replicas": 2, "batch_size": 2, "cores": "all"}]}
     p = tmp_path / "job.yaml"
     p.write_text(yaml.safe_dump(spec))
@@ -139,3 +139,24 @@ def test_sample_video_command(runner, tmp_path):
     res = runner.invoke(main, ["sample-video", str(tmp_path / "s.mp4"), "--seconds", "1", "--size", "96x64"])
     assert res.exit_code == 0 and os.path.getsize(res.output.strip()) > 0
     one_line_error(runner.invoke(main, ["sample-video", str(tmp_path / "t.mp4"), "--size", "big"]), "--size")
+
+
+def test_every_original_flag_reaches_the_worker_spec(runner, monkeypatch, tmp_path):
+    from rayprof import driver
+
+    seen = {}
+    monkeypatch.setattr(driver, "run_single", lambda spec: seen.setdefault("spec", spec) and 0)
+    res = runner.invoke(main, ["run", "--model-name", "resnet50", "--input_path", "rtsp://cam/1", "--mode", "retrain",
+                               "--batch-size", "16", "--prep-level", "medium", "--prep-on-gpu", "--infer-on-gpu",
+                               "--core-bind", "4-7", "--enable-compile", "--use-amp", "--max-steps", "500",
+                               "--warmup-steps", "7", "--weights", "none", "--num-classes", "5", "--loop",
+                               "--seed", "3", "--output", str(tmp_path), "--run-name", "legacy"])
+    assert res.exit_code == 0, res.output
+    spec = seen["spec"]
+    (w,) = spec.workers
+    assert (spec.run, spec.output) == ("legacy", str(tmp_path))
+    assert (w.model.name, w.source.uri, w.source.loop, w.mode, w.batch_size) == ("resnet50", "rtsp://cam/1", True,
+                                                                                  "retrain", 16)
+    assert (w.prep.level, w.prep.device, w.device, w.cores) == ("medium", "cuda", "cuda", "4-7")
+    assert (w.model.compile, w.model.amp, w.max_steps, w.warmup_steps) == (True, True, 500, 7)
+    assert (w.model.weights, w.model.num_classes, w.seed) == (None, 5, 3)

@@ -108,9 +108,19 @@ def test_files_appear_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         w.write("a", "a-0", batch_of(range(3)))
     monkeypatch.undo()
-    # only a hidden temp file: readers see an empty, valid dataset
-    assert [p.name for p in (tmp_path / "run=r" / "worker=a").iterdir()] == [".part-a-0-000000.parquet.tmp"]
+    # no partial file, not even the hidden temp one: readers see an empty, valid dataset
+    assert list((tmp_path / "run=r" / "worker=a").iterdir()) == []
     assert read_table(tmp_path, "r").num_rows == 0
+
+
+def test_rewriting_a_sequence_number_replaces_the_file(tmp_path):
+    w = DatasetWriter(tmp_path, "r")
+    w.write("a", "a-0", batch_of(range(3)), seq=0)
+    w.write("a", "a-0", batch_of(range(3)), seq=0)  # a re-delivered batch
+    w.write("a", "a-0", batch_of(range(3, 5)))  # next free number
+    t = read_table(tmp_path, "r")
+    assert sorted(t.column("step").to_pylist()) == [0, 1, 2, 3, 4]
+    assert w.stats()["rows"] == 5 and w.stats()["files"] == 2
 
 
 def test_paths_cannot_escape_the_root(tmp_path):

@@ -112,3 +112,26 @@ def test_yaml_cannot_run_code(tmp_path):
     p.write_text("run: !!python/object/apply:os.system ['echo pwned']\nworkers: [{name: a}]\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_fleet(p)
+
+
+def test_set_through_a_value_is_a_one_line_error():
+    with pytest.raises(UserError, match=r"--set = 'defaults.batch_size.x': defaults.batch_size is a value"):
+        apply_overrides(BASE, ["defaults.batch_size.x=1"])
+    with pytest.raises(UserError, match="is a value, not a mapping"):
+        apply_overrides({**BASE, "workers": [{"name": "a", "cores": "0-1"}]}, ["workers[0].cores.x=1"])
+    # a shorthand string is expanded so a nested key can be set on it
+    raw = apply_overrides(BASE, ["workers.a.model.amp=true"])
+    assert raw["workers"][0]["model"] == {"name": "mobilenet_v3_small", "amp": True}
+
+
+def test_warmup_must_leave_measured_steps():
+    msg = err({**BASE, "workers": [{"name": "a", "max_steps": 2, "warmup_steps": 5}]})
+    assert msg.startswith("workers[0].warmup_steps = 5: leaves no measured step of max_steps 2")
+    parse_fleet({**BASE, "workers": [{"name": "a", "max_steps": 0, "warmup_steps": 5}]})  # until the end: fine
+
+
+def test_output_is_taken_verbatim(tmp_path):
+    p = tmp_path / "job.yaml"
+    p.write_text(yaml.safe_dump(BASE))
+    for out in ("runs #1", "2024", "null"):
+        assert load_fleet(p, output=out).output == out

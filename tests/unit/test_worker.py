@@ -75,22 +75,29 @@ def test_failure_keeps_rows_and_reports():
     assert src.closed
 
 
-def test_stop_from_another_thread_ends_gracefully():
+def test_stop_and_progress_from_another_thread():
+    """The orchestrator's thread reads progress while run() works, then stops it."""
+    import threading
+
     clock = FakeClock()
     w, batches, _ = build(make_plan(), clock, frames=10**9)
-    orig = w._flush
-    count = {"n": 0}
-
-    def flush_then_stop():
-        count["n"] += 1
-        if count["n"] == 1 and len(w.buffer) >= 5:
-            w.stop()
-        orig()
-
-    w._flush = flush_then_stop  # stop once 5 rows are buffered (checked at the next step)
-    res = w.run()
+    result = {}
+    t = threading.Thread(target=lambda: result.update(res=w.run()))
+    t.start()
+    seen = []
+    for _ in range(20_000):  # bounded: wait for the loop to be well under way
+        p = w.progress()
+        if p["steps"] >= 50:
+            seen.append(p)
+            break
+        threading.Event().wait(0.001)
+    w.stop()
+    t.join(timeout=60)
+    assert not t.is_alive()
+    assert seen and seen[0]["status"] == "running" and seen[0]["frames"] == 4 * seen[0]["steps"]
+    res = result["res"]
     assert res.status == "stopped" and res.ended_by == "stop"
-    assert res.steps == len(rows(batches)) > 0
+    assert res.steps >= 50 and [r["step"] for r in rows(batches)] == list(range(res.steps))
 
 
 def test_emit_failure_keeps_rows_for_the_next_flush():
@@ -107,15 +114,55 @@ def test_emit_failure_keeps_rows_for_the_next_flush():
                      source_factory=lambda p: FakeSource(clock, 12), prep_factory=lambda p: FakePrep(clock),
                      runner_factory=lambda p: FakeRunner(clock))
     res = w.run()
-    assert res.status == "failed" and "sink down" in res.error
-    # the batch that failed was retried by the final flush: nothing executed is lost
-    assert sum(b.num_rows for b in sent) == res.steps
+    assert res.status == "completed"
+    # the batch that failed was delivered with the next one: nothing executed is lost
+    assert sum(b.num_rows for b in sent) == res.steps == 3
 
 
-def test_progress_is_readable_during_and_after():
+def test_progress_after_the_run():
     clock = FakeClock()
     w, _, _ = build(make_plan(max_steps=3), clock, frames=100)
     assert w.progress()["status"] == "created"
     w.run()
     p = w.progress()
     assert (p["status"], p["steps"], p["frames"], p["rows_emitted"]) == ("completed", 3, 12, 3)
+
+
+def test_emitter_redelivers_with_the_same_sequence_number():
+    """A write that fails is retried as the same file: no step lost, none twice."""
+    from rayprof.worker import Emitter
+
+    files, calls = {}, {"n": 0}
+
+    def write(batch, seq):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second delivery fails once
+            raise ConnectionError("sink hiccup")
+        files[seq] = batch
+
+    clock = FakeClock()
+    emitter = Emitter(write)
+    w = StreamWorker(make_plan(flush_interval_s=0.03), emitter, clock=clock, wall_clock=clock.wall, pin=False,
+                     source_factory=lambda p: FakeSource(clock, 40), prep_factory=lambda p: FakePrep(clock),
+                     runner_factory=lambda p: FakeRunner(clock))
+    res = w.run()
+    steps = [r["step"] for seq in sorted(files) for r in files[seq].to_pylist()]
+    assert res.status == "completed" and emitter.failures == 1  # a hiccup is survived…
+    assert steps == list(range(res.steps)) and res.steps == 10  # …and every executed step is there, once
+    assert emitter.rows == res.rows_emitted == res.steps
+
+
+def test_a_sink_that_stays_down_fails_the_worker_with_its_rows_queued():
+    from rayprof.worker import Emitter
+
+    def write(batch, seq):
+        raise ConnectionError("sink gone")
+
+    clock = FakeClock()
+    emitter = Emitter(write, max_unsent=2)
+    w = StreamWorker(make_plan(flush_interval_s=0.01), emitter, clock=clock, wall_clock=clock.wall, pin=False,
+                     source_factory=lambda p: FakeSource(clock, 400), prep_factory=lambda p: FakePrep(clock),
+                     runner_factory=lambda p: FakeRunner(clock))
+    res = w.run()
+    assert res.status == "failed" and "sink gone" in res.error and res.rows_emitted == 0
+    assert res.steps == 3  # it stopped once more than two batches were waiting
