@@ -75,7 +75,7 @@ def plan(batch: int, steps: int, model: str = "noop") -> WorkerPlan:
     return WorkerPlan(run_id="bench", worker="bench", replica=0, actor_id="bench-0",
                       source=SourceSettings(uri="memory"), model=model, weights=None, num_classes=None,
                       compile=False, amp=False, lr=1e-3, mode="inference", batch_size=batch, prep_level="simple",
-                      prep_device="cpu", prep_size=224, exec_device="cpu", cores=(), cores_spec="all", num_cpus=1,
+                      prep_device="cpu", prep_size=224, exec_device="cpu", cores=(), cores_spec="all", num_cpus=1, num_gpus=0,
                       max_steps=steps, warmup_steps=0, seed=0, flush_interval_s=1.0)
 
 

@@ -75,7 +75,12 @@ def validate(spec_path: str, overrides: tuple[str, ...], remote: bool) -> int:
 
     spec = load_fleet(spec_path, list(overrides))
     driver.preflight(spec, local=not remote)
-    plans = driver.local_plans(spec, make_run_id(spec.run))
+    if remote:  # the cluster's cores and GPUs are not known here: cores checked for syntax only
+        from .plan import plan_fleet
+
+        plans = plan_fleet(spec, make_run_id(spec.run), cores_available=None, cuda_available=False)
+    else:
+        plans = driver.local_plans(spec, make_run_id(spec.run))
     rows = [driver.plan_row(p) for p in plans]
     table = Table(box=None, header_style="bold", title=f"{spec_path}: {len(plans)} actor(s), output {spec.output}/")
     for col in rows[0]:

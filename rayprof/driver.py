@@ -57,12 +57,14 @@ def preflight(spec: FleetSpec, *, local: bool = True) -> None:
 
 
 def local_plans(spec: FleetSpec, run_id: str) -> list[WorkerPlan]:
+    """Plans for actors that run on this machine."""
     from . import affinity
 
     import torch
 
-    return plan_fleet(spec, run_id, cores_available=affinity.available_cores(),
-                      cuda_available=torch.cuda.is_available())
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return plan_fleet(spec, run_id, cores_available=affinity.available_cores(), cuda_available=gpus > 0,
+                      gpus=float(gpus))
 
 
 # --------------------------------------------------------------------------- manifest
@@ -100,6 +102,7 @@ def plan_row(plan: WorkerPlan) -> dict:
         "opts": ",".join(opts) or "-",
         "cores": format_cores(plan.cores),
         "cpus": f"{plan.num_cpus:g}",
+        "gpus": f"{plan.num_gpus:g}",
         "steps": plan.max_steps or "until end",
         "warmup": plan.warmup_steps,
     }
@@ -364,9 +367,15 @@ def run_single(spec: FleetSpec) -> int:
     manifest.finish(status, code, dataset_stats=writer.stats())
     print_summary(spec.output, run_id, worker_statuses({plan.actor_id: result}, plans),
                   header=f"run {run_id}: {status} in {manifest.data['duration_s']:.1f} s")
-    if result.get("error"):
-        con.print(f"[red]{plan.actor_id} failed: {result['error']}[/red]")
+    print_failures({plan.actor_id: result})
     return code
+
+
+def print_failures(results: dict[str, dict]) -> None:
+    """One plain line per failed actor on stderr (no markup: error texts may hold brackets)."""
+    for aid, r in results.items():
+        if r.get("status") == "failed":
+            print(f"{aid} failed: {r.get('error')}", file=sys.stderr, flush=True)
 
 
 def _actor_fields(result: dict) -> dict:

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import driver
 from .errors import UserError
-from .plan import WorkerPlan, make_run_id
+from .plan import WorkerPlan, make_run_id, plan_fleet
+from .source import mask_text
 from .sink import DatasetWriter
 from .spec import FleetSpec
 from .sysinfo import host_info
@@ -111,9 +113,14 @@ def _connect(address: str | None) -> bool:
 
 
 def _actor_options(plan: WorkerPlan, run_id: str) -> dict:
-    num_gpus = 1 if str(plan.exec_device).startswith("cuda") or str(plan.prep_device).startswith("cuda") else 0
-    return dict(num_cpus=plan.num_cpus, num_gpus=num_gpus, max_concurrency=3,
+    return dict(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_concurrency=3,
                 name=f"rayprof:{run_id}:{plan.actor_id}", max_restarts=0)
+
+
+def _for_ray(plan: WorkerPlan) -> WorkerPlan:
+    """Ray gives each GPU actor its own ``CUDA_VISIBLE_DEVICES``: ``cuda:N`` becomes ``cuda``."""
+    fix = {k: "cuda" for k in ("exec_device", "prep_device") if str(getattr(plan, k)).startswith("cuda:")}
+    return replace(plan, **fix) if fix else plan
 
 
 def _error_text(e: BaseException) -> str:
@@ -123,46 +130,83 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
 
+def check_feasible(plans: list[WorkerPlan], resources: dict) -> None:
+    """Fail in seconds, naming the cluster's resources, instead of Ray's silent wait forever."""
+    have_cpu, have_gpu = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    want_cpu = sum(p.num_cpus for p in plans)
+    want_gpu = sum(p.num_gpus for p in plans)
+    cluster = f"the cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs"
+    cuda = [p for p in plans if "cuda" in (str(p.exec_device) + str(p.prep_device))]
+    if cuda and have_gpu == 0:
+        raise UserError(f"{cuda[0].field}.device", cuda[0].exec_device, f"asks for a GPU but {cluster}",
+                        "run on the CPU (device: cpu, prep.device: cpu) or add GPU nodes")
+    if want_gpu > have_gpu + 1e-9:
+        raise UserError("workers", f"{want_gpu:g} GPUs", f"are more than {cluster}", "use fewer replicas or GPU workers")
+    if want_cpu > have_cpu + 1e-9:
+        raise UserError("workers", f"{want_cpu:g} CPUs", f"are more than {cluster}",
+                        "use fewer replicas, smaller core sets, or cores: auto")
+
+
+def _single_local_node() -> bool:
+    """True when the connected cluster is this machine alone (a `ray.init()` in a notebook)."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return len(alive) == 1 and alive[0].get("NodeID") == ray.get_runtime_context().get_node_id()
+
+
 def submit(spec: FleetSpec, address: str | None = None) -> int:
     """Run the fleet; returns the exit code (0 ok, 1 an actor failed or the run stopped)."""
     address = address or spec.address
-    local = not (address or os.environ.get("RAY_ADDRESS"))
-    driver.preflight(spec, local=local)
+    embedded = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
+    if embedded:  # bad input fails before a local Ray is started
+        driver.preflight(spec, local=True)
     run_id = make_run_id(spec.run)
-    plans = driver.local_plans(spec, run_id)
     root = str(Path(spec.output).resolve())
-    con = driver.console()
     t_submit = time.monotonic()
-    embedded = _connect(address)
-    manifest = driver.Manifest(root, run_id, spec, plans, mode="ray-embedded" if embedded else "ray")
-    manifest.data["ray"] = {"address": "embedded" if embedded else address or os.environ.get("RAY_ADDRESS"),
-                            "cluster_resources": ray.cluster_resources()}
+    started = _connect(address)
     try:
-        return _run(spec, plans, run_id, root, manifest, con, t_submit)
+        local = embedded or _single_local_node()
+        if not embedded:
+            driver.preflight(spec, local=local)
+        if local:
+            plans = driver.local_plans(spec, run_id)
+        else:  # the nodes' cores are not known here: explicit sets are checked on the node
+            gpus = float(ray.cluster_resources().get("GPU", 0))
+            plans = plan_fleet(spec, run_id, cores_available=None, cuda_available=gpus > 0, gpus=gpus)
+        check_feasible(plans, ray.cluster_resources())
+        manifest = driver.Manifest(root, run_id, spec, plans, mode="ray-embedded" if started else "ray")
+        where = "embedded" if started else mask_text(address or os.environ.get("RAY_ADDRESS") or "connected")
+        manifest.data["ray"] = {"address": where, "cluster_resources": ray.cluster_resources()}
+        return _run(plans, run_id, root, manifest, t_submit)
     finally:
-        if embedded:
+        if started:
             ray.shutdown()
 
 
-def _run(spec, plans, run_id, root, manifest, con, t_submit) -> int:
+def _run(plans, run_id, root, manifest, t_submit) -> int:
+    con = driver.console()
     here = ray.get_runtime_context().get_node_id()
     sink = ray.remote(SinkService).options(
         num_cpus=0, name=f"rayprof:{run_id}:sink",
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
     ).remote(root, run_id)
     Remote = ray.remote(StreamWorker)
-    actors = {}
-    for p in plans:
-        actors[p.actor_id] = Remote.options(**_actor_options(p, run_id)).remote(
-            p, SinkEmitter(sink, p.worker, p.actor_id), context=ray_context)
-    con.print(f"rayprof submit {run_id}: {len(plans)} actor(s) on Ray "
-              f"({int(ray.cluster_resources().get('CPU', 0))} CPUs, {int(ray.cluster_resources().get('GPU', 0))} GPUs) "
-              f"→ {Path(root) / ('run=' + run_id)}")
+    actors = {p.actor_id: Remote.options(**_actor_options(p, run_id)).remote(
+        _for_ray(p), SinkEmitter(sink, p.worker, p.actor_id), context=ray_context) for p in plans}
+    res = ray.cluster_resources()
+    con.print(f"rayprof submit {run_id}: {len(plans)} actor(s) on Ray ({res.get('CPU', 0):g} CPUs, "
+              f"{res.get('GPU', 0):g} GPUs) → {Path(root) / ('run=' + run_id)}")
     pending = {actors[aid].run.remote(): aid for aid in actors}
     results: dict[str, dict] = {}
     view = driver.ProgressView(plans)
     first_step_s = None
     stop_deadline = None
+
+    def finish_actor(aid: str, result: dict) -> None:
+        results[aid] = result
+        manifest.actor(aid, **driver._actor_fields(result))
+        manifest.write()
+        view.latest.setdefault(aid, {"actor_id": aid}).update(
+            {k: result[k] for k in ("status", "steps", "frames") if k in result})
 
     def stop_all():
         nonlocal stop_deadline
@@ -172,59 +216,66 @@ def _run(spec, plans, run_id, root, manifest, con, t_submit) -> int:
                 if aid not in results:
                     a.stop.remote()
 
-    with driver.stop_on_signals(stop_all):
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_S, fetch_local=True)
-            for ref in ready:
-                aid = pending.pop(ref)
-                try:
-                    results[aid] = ray.get(ref).to_dict()
-                except RayError as e:
-                    results[aid] = {"status": "failed", "ended_by": "error", "error": _error_text(e)}
-                manifest.actor(aid, **driver._actor_fields(results[aid]))
-                manifest.write()
-                view.latest.setdefault(aid, {"actor_id": aid}).update(
-                    {k: results[aid][k] for k in ("status", "steps", "frames") if k in results[aid]})
-            try:
-                progress = ray.get([actors[aid].progress.remote() for aid in pending.values()], timeout=5)
-            except (GetTimeoutError, RayError):
+    try:
+        with driver.stop_on_signals(stop_all):
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_S)
+                for ref in ready:
+                    aid = pending.pop(ref)
+                    try:
+                        finish_actor(aid, ray.get(ref).to_dict())
+                    except RayError as e:
+                        finish_actor(aid, {"status": "failed", "ended_by": "error", "error": _error_text(e)})
+                # progress: whatever answers within the poll; a busy or pending actor keeps its last
+                refs = [actors[aid].progress.remote() for aid in pending.values()]
+                done, _ = ray.wait(refs, num_returns=len(refs), timeout=POLL_S) if refs else ([], [])
                 progress = []
-            if first_step_s is None and any(pr.get("steps", 0) > 0 for pr in progress):
-                first_step_s = time.monotonic() - t_submit
-            view.update(progress)
-            if stop_deadline is not None and time.monotonic() > stop_deadline:
-                for ref, aid in list(pending.items()):
-                    ray.kill(actors[aid])
-                    results[aid] = {"status": "stopped", "ended_by": "stop", "error": "killed after the stop grace period"}
-                    manifest.actor(aid, **driver._actor_fields(results[aid]))
-                    pending.pop(ref)
+                for ref in done:
+                    try:
+                        progress.append(ray.get(ref))
+                    except RayError:
+                        pass
+                if first_step_s is None and any(pr.get("steps", 0) > 0 for pr in progress):
+                    first_step_s = time.monotonic() - t_submit
+                view.update(progress)
+                if stop_deadline is not None and time.monotonic() > stop_deadline:
+                    raise KeyboardInterrupt  # the grace period is over
+    except KeyboardInterrupt:  # a second Ctrl-C, or actors that ignored stop(): end them now
+        for ref, aid in list(pending.items()):
+            ray.kill(actors[aid])
+            finish_actor(aid, {"status": "stopped", "ended_by": "stop", "error": "killed: did not stop in time"})
+        pending.clear()
+        stop_deadline = stop_deadline or time.monotonic()
     view.close()
     try:
         sink_stats = ray.get(sink.stats.remote(), timeout=30)
     except RayError as e:
         sink_stats = {"error": _error_text(e)}
-    nodes = {}
-    for r in results.values():
-        ident = r.get("identity") or {}
-        if ident.get("node_id") and ident["node_id"] not in nodes:
-            nodes[ident["node_id"]] = None
-    for node_id in nodes:
-        try:
-            nodes[node_id] = ray.get(ray.remote(node_info).options(
-                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)).remote(), timeout=60)
-        except RayError as e:
-            nodes[node_id] = {"error": _error_text(e)}
-    manifest.data["nodes"] = nodes
-    stopped_by_user = stop_deadline is not None
+    manifest.data["nodes"] = _node_infos(results)
     status, code = driver.run_status(results.values())
-    if stopped_by_user and status == "completed":
+    if stop_deadline is not None and status == "completed":
         status, code = "stopped", driver.EXIT_FAILED
     manifest.finish(status, code, dataset_stats=sink_stats,
                     timings={"submit_to_first_step_s": round(first_step_s, 3) if first_step_s else None})
+    first = f"{first_step_s:.1f} s" if first_step_s else "never"
     driver.print_summary(root, run_id, driver.worker_statuses(results, plans),
                          header=f"run {run_id}: {status} in {manifest.data['duration_s']:.1f} s "
-                                f"({len(plans)} actors; first step {first_step_s or float('nan'):.1f} s after submit)")
-    for aid, r in results.items():
-        if r.get("status") == "failed":
-            con.print(f"[red]{aid} failed: {r.get('error')}[/red]")
+                                f"({len(plans)} actors; first step {first} after submit)")
+    driver.print_failures(results)
     return code
+
+
+def _node_infos(results: dict[str, dict]) -> dict:
+    """System info from every node an actor ran on (one small task per node)."""
+    nodes: dict[str, dict] = {}
+    for r in results.values():
+        node_id = (r.get("identity") or {}).get("node_id")
+        if not node_id or node_id in nodes:
+            continue
+        try:
+            nodes[node_id] = ray.get(ray.remote(node_info).options(
+                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)).remote(),
+                timeout=60)
+        except RayError as e:
+            nodes[node_id] = {"error": _error_text(e)}
+    return nodes

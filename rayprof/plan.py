@@ -41,6 +41,7 @@ class WorkerPlan:
     cores: tuple[int, ...]
     cores_spec: str
     num_cpus: float
+    num_gpus: float
     max_steps: int
     warmup_steps: int
     seed: int
@@ -60,7 +61,12 @@ def make_run_id(name: str, now: datetime | None = None, suffix: str | None = Non
     return f"{name}-{now:%Y%m%d-%H%M%S}-{suffix or secrets.token_hex(2)}"
 
 
-def resolve_device(device: str, cuda_available: bool) -> str:
+#: Core ids accepted when the target machine is not known (a remote cluster): syntax only.
+_ANY_CORE = list(range(4096))
+
+
+def resolve_auto(device: str, cuda_available: bool) -> str:
+    """``auto`` → ``cuda`` where the target has a GPU, else ``cpu``; other values unchanged."""
     return ("cuda" if cuda_available else "cpu") if device == "auto" else device
 
 
@@ -68,10 +74,16 @@ def plan_fleet(
     spec: FleetSpec,
     run_id: str,
     *,
-    cores_available: list[int],
+    cores_available: list[int] | None,
     cuda_available: bool,
+    gpus: float = 0.0,
 ) -> list[WorkerPlan]:
-    """One plan per actor, in spec order (worker, then replica)."""
+    """One plan per actor, in spec order (worker, then replica).
+
+    ``cores_available``: the cores of the machine the actors run on, or None when that is not
+    known here (a remote cluster): explicit sets are then checked for syntax only and ``auto``
+    pins nothing (one CPU each). ``gpus``: how many GPUs the actors share; the actors that use
+    CUDA split them evenly (fractional GPUs, so several actors share one)."""
     slots: list[tuple[int, WorkerSpec, int]] = [
         (i, w, r) for i, w in enumerate(spec.workers) for r in range(w.replicas)
     ]
@@ -82,13 +94,20 @@ def plan_fleet(
         if cs == "auto":
             auto_slots.append(k)
         else:
-            explicit[k] = affinity.parse_cores(w.cores, cores_available, field=f"workers[{i}].cores")
-    claimed = {c for cores in explicit.values() for c in cores}
-    free = [c for c in cores_available if c not in claimed] or list(cores_available)
+            explicit[k] = affinity.parse_cores(w.cores, cores_available or _ANY_CORE, field=f"workers[{i}].cores")
     cores_of = dict(explicit)
-    for k, cores in zip(auto_slots, affinity.allocate(len(auto_slots), free)):
-        cores_of[k] = cores
+    if cores_available:
+        claimed = {c for cores in explicit.values() for c in cores}
+        free = [c for c in cores_available if c not in claimed] or list(cores_available)
+        for k, cores in zip(auto_slots, affinity.allocate(len(auto_slots), free)):
+            cores_of[k] = cores
+    else:
+        cores_of.update({k: [] for k in auto_slots})
     sharing = Counter(c for cores in cores_of.values() for c in cores)
+    devices = [(resolve_auto(w.device, cuda_available), resolve_auto(w.prep.device, cuda_available))
+               for _i, w, _r in slots]
+    n_cuda = sum(1 for d in devices if any(x.startswith("cuda") for x in d))
+    gpu_share = round(min(1.0, gpus / n_cuda), 4) if n_cuda and gpus else 0.0
 
     plans = []
     for k, (i, w, r) in enumerate(slots):
@@ -109,12 +128,13 @@ def plan_fleet(
                 mode=w.mode,
                 batch_size=w.batch_size,
                 prep_level=w.prep.level,
-                prep_device=resolve_device(w.prep.device, cuda_available),
+                prep_device=devices[k][1],
                 prep_size=w.prep.size,
-                exec_device=resolve_device(w.device, cuda_available),
+                exec_device=devices[k][0],
                 cores=cores,
                 cores_spec=w.cores,
-                num_cpus=cpu_request(cores, sharing),
+                num_cpus=cpu_request(cores, sharing) if cores else 1.0,
+                num_gpus=gpu_share if any(x.startswith("cuda") for x in devices[k]) else 0.0,
                 max_steps=w.max_steps,
                 warmup_steps=w.warmup_steps,
                 seed=w.seed,

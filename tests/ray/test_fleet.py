@@ -76,9 +76,9 @@ def test_a_failed_actor_is_named_and_the_others_finish(local_ray, small_video, t
                                            "open_timeout_s": 1, "reconnect_s": 0}},
     ])
     assert fleet.submit(spec) == 1
-    out = capsys.readouterr().out
-    assert "dead-stream-0 failed:" in out
-    assert "secret" not in out
+    captured = capsys.readouterr()
+    assert "dead-stream-0 failed:" in captured.err
+    assert "secret" not in captured.out + captured.err
     run_id = only_run(tmp_path)
     man = read_manifest(tmp_path, run_id)
     assert man["status"] == "failed" and man["exit_code"] == 1
@@ -89,3 +89,48 @@ def test_a_failed_actor_is_named_and_the_others_finish(local_ray, small_video, t
     df = read_table(tmp_path, run_id).to_pandas()
     assert sorted(df[df.worker == "good"].step) == [0, 1, 2, 3]
     assert isinstance(df, pd.DataFrame) and (df.worker != "dead-stream").all()
+
+
+def test_an_actor_killed_mid_run_keeps_its_flushed_rows(local_ray, small_video, tmp_path):
+    """A worker process that dies: named with the cause, its rows up to its last flush kept,
+    the others complete, exit 1."""
+    import threading
+    import time
+
+    spec = spec_for(small_video, tmp_path, [
+        {"name": "victim", "max_steps": 0, "cores": "0"},  # loops the video until killed
+        {"name": "bystander", "max_steps": 8, "cores": "1"},
+    ])
+    out = {}
+    t = threading.Thread(target=lambda: out.update(code=fleet.submit(spec)))
+    t.start()
+    deadline = time.monotonic() + 180
+    while not list(tmp_path.glob("run=*/worker=victim/part-*.parquet")):  # it has flushed rows
+        assert time.monotonic() < deadline and t.is_alive()
+        time.sleep(0.2)
+    (name,) = [n for n in ray.util.list_named_actors() if n.endswith(":victim-0")]
+    ray.kill(ray.get_actor(name))
+    t.join(timeout=180)
+    assert out["code"] == 1
+    run_id = only_run(tmp_path)
+    man = read_manifest(tmp_path, run_id)
+    victim = man["actors"]["victim-0"]
+    assert victim["status"] == "failed" and victim["error"].startswith("actor died")
+    assert man["actors"]["bystander-0"]["status"] == "completed"
+    df = read_table(tmp_path, run_id).to_pandas()
+    kept = sorted(df[df.worker == "victim"].step)
+    assert kept and kept == list(range(len(kept)))  # a prefix of its steps, each once
+    assert sorted(df[df.worker == "bystander"].step) == list(range(8))
+
+
+def test_impossible_requests_fail_fast_naming_the_cluster():
+    from rayprof.errors import UserError
+    from rayprof.fleet import check_feasible
+
+    from ..unit.fakes import make_plan
+
+    with pytest.raises(UserError, match="asks for a GPU but the cluster has 2 CPUs and 0 GPUs"):
+        check_feasible([make_plan(exec_device="cuda", num_gpus=1.0)], {"CPU": 2.0})
+    with pytest.raises(UserError, match="3 CPUs.*more than the cluster has 2 CPUs"):
+        check_feasible([make_plan(num_cpus=2.0), make_plan(num_cpus=1.0)], {"CPU": 2.0})
+    check_feasible([make_plan(num_cpus=0.5)] * 4, {"CPU": 2.0})

@@ -94,7 +94,7 @@ def make_plan(**over) -> WorkerPlan:
         run_id="r-1", worker="w", replica=0, actor_id="w-0", source=SourceSettings(uri="fake.mp4"),
         model="resnet18", weights=None, num_classes=None, compile=False, amp=False, lr=1e-3,
         mode="inference", batch_size=4, prep_level="simple", prep_device="cpu", prep_size=32,
-        exec_device="cpu", cores=(0,), cores_spec="0", num_cpus=1.0, max_steps=0, warmup_steps=1, seed=0,
+        exec_device="cpu", cores=(0,), cores_spec="0", num_cpus=1.0, num_gpus=0.0, max_steps=0, warmup_steps=1, seed=0,
         flush_interval_s=1.0,
     )
     base.update(over)

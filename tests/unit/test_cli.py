@@ -160,3 +160,16 @@ def test_every_original_flag_reaches_the_worker_spec(runner, monkeypatch, tmp_pa
     assert (w.prep.level, w.prep.device, w.device, w.cores) == ("medium", "cuda", "cuda", "4-7")
     assert (w.model.compile, w.model.amp, w.max_steps, w.warmup_steps) == (True, True, 500, 7)
     assert (w.model.weights, w.model.num_classes, w.seed) == (None, 5, 3)
+
+
+def test_the_manifest_masks_credentials_in_the_command(tmp_path, monkeypatch):
+    from rayprof import driver
+    from rayprof.spec import parse_fleet
+
+    monkeypatch.setattr("sys.argv", ["rayprof", "run", "--input_path=rtsp://cam:hunter2@10.0.0.9/live",
+                                     "--set", "workers.a.source=http://h/x?token=s3cret"])
+    spec = parse_fleet({"run": "m", "output": str(tmp_path),
+                        "workers": [{"name": "a", "model": "resnet18", "source": "rtsp://cam:hunter2@10.0.0.9/x"}]})
+    driver.Manifest(tmp_path, "m-1", spec, [], mode="test")
+    text = (tmp_path / "run=m-1" / "_manifest.json").read_text()
+    assert "hunter2" not in text and "s3cret" not in text and "cam:***@" in text
