@@ -270,6 +270,10 @@ def summary_table(df: pd.DataFrame, statuses: dict[str, str] | None = None):
                 f"{row[f'{s}_mean']:.2f}", f"{row[f'{s}_p50']:.2f}", f"{row[f'{s}_p90']:.2f}", f"{row[f'{s}_p99']:.2f}",
                 end_section=(j == len(stages) - 1),
             )
+    measured = set(summary["worker"])
+    for w, status in (statuses or {}).items():  # a worker with no measured step still gets its line
+        if w not in measured:
+            t.add_row(w, status, nodes.get(w, ""), "0", "0", "-", "-", "-", "-", "-", "-", end_section=True)
     return t
 
 
@@ -277,14 +281,7 @@ def print_summary(root: str | os.PathLike, run_id: str, statuses: dict[str, str]
     """Read the run back from the dataset (what was written is what is reported) and print."""
     con = console()
     con.print(header)
-    try:
-        df = read_table(root, run_id).to_pandas()
-    except Exception as e:  # an empty run has no files
-        con.print(f"no rows in the dataset ({type(e).__name__})")
-        return pd.DataFrame()
-    if df.empty:
-        con.print("no rows in the dataset")
-        return df
+    df = read_table(root, run_id).to_pandas()
     print_table(con, summary_table(df, statuses))
     n_warm = int(df["warmup"].sum())
     con.print(f"FPS = frames / wall-clock span; latencies in ms; {n_warm} warm-up step(s) excluded. "

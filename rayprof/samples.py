@@ -19,12 +19,12 @@ def sample_path() -> Path:
 def ensure_sample() -> Path:
     """The sample video's path, written first if it is not there yet."""
     path = sample_path()
-    if not path.exists():
-        from .source import make_sample_video
+    for candidate in (path, path.with_suffix(".avi")):  # .avi where the mp4v writer is missing
+        if candidate.exists():
+            return candidate
+    from .synth import make_sample_video
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path = Path(make_sample_video(path, seconds=10.0, fps=30.0, width=640, height=360))
-    return path
+    return Path(make_sample_video(path, seconds=10.0, fps=30.0, width=640, height=360))
 
 
 def resolve_uri(uri: str) -> str:

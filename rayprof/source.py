@@ -409,19 +409,26 @@ class FileSource(VideoSource):
 
 
 class SyntheticSource(VideoSource):
-    """Deterministic moving frames: a seeded base image rolled a few pixels per frame index,
-    paced at ``fps`` against the injected clock (0 = as fast as possible). Never ends."""
+    """Deterministic moving frames: a seeded base image rolled a few pixels per frame index.
+
+    With ``fps > 0`` it behaves like a live camera: frame ``i`` is captured at ``t0 + i/fps``
+    (its ``capture_ts``), whether or not anyone reads it, and a reader that falls more than
+    ``buffer_frames`` behind loses the oldest frames, counted in ``dropped``. So a model slower
+    than the rate shows it in ``dropped_frames`` and ``frame_age_ms``. ``fps: 0`` generates as
+    fast as the reader asks (no pacing, nothing dropped). Never ends.
+    """
 
     kind = "synthetic"
     display = "synthetic"
-    live = False
 
     def __init__(self, settings: SourceSettings, clock: Clock = time.time,
                  sleep: Callable[[float], None] = time.sleep, seed: int = 0):
         self.settings = settings
+        self.live = settings.fps > 0
         self._clock, self._sleep = clock, sleep
         self.base = synthetic_base(settings.height, settings.width, seed)
         self._next = 0
+        self._dropped = 0
         self._t0: float | None = None
         self._closed = False
 
@@ -446,22 +453,35 @@ class SyntheticSource(VideoSource):
         frames = np.empty((n, h, w, 3), dtype=np.uint8)
         ts = np.empty(n, dtype=np.float64)
         fps = self.settings.fps
+        dropped = 0
+        if fps > 0:
+            if self._t0 is None:
+                self._t0 = self._clock()
+            newest = int((self._clock() - self._t0) * fps + 1e-9)  # frames captured so far: 0..newest
+            oldest_kept = newest - self.settings.buffer_frames + 1
+            if self._next < oldest_kept:  # the reader fell behind: the buffer lost the oldest
+                dropped = oldest_kept - self._next
+                self._next = oldest_kept
+        start = self._next
         for k in range(n):
-            i = self._next + k
+            i = start + k
             if fps > 0:
-                if self._t0 is None:
-                    self._t0 = self._clock()
-                wait = self._t0 + i / fps - self._clock()
+                due = self._t0 + i / fps
+                wait = due - self._clock()
                 if wait > 0:
                     self._sleep(wait)
+                ts[k] = due
+            else:
+                ts[k] = self._clock()
             self.frame(i, frames[k])
-            ts[k] = self._clock()
-        idx = np.arange(self._next, self._next + n, dtype=np.int64)
-        self._next += n
-        return FrameBatch(frames=frames, capture_ts=ts, indices=idx, dropped=0)
+        idx = np.arange(start, start + n, dtype=np.int64)
+        self._next = start + n
+        self._dropped += dropped
+        return FrameBatch(frames=frames, capture_ts=ts, indices=idx, dropped=dropped)
 
     def stats(self) -> dict:
-        return {"frames": self._next, "dropped": 0, "reconnects": 0, "decode_errors": 0, "gap_s": 0.0}
+        return {"frames": self._next - self._dropped, "dropped": self._dropped, "reconnects": 0,
+                "decode_errors": 0, "gap_s": 0.0}
 
     def close(self) -> None:
         self._closed = True

@@ -94,30 +94,3 @@ def make_sample_video(path: str | os.PathLike, *, seconds: float = 10.0, fps: fl
         os.replace(tmp, final)
         return final
     raise RuntimeError(f"OpenCV could not write a video to {target.parent} (mp4v and MJPG both failed)")
-
-
-# --------------------------------------------------------------------------- `source: sample`
-
-#: The source URI that names the bundled sample: a real MPEG-4 video (10 s, 640x360, 30 fps)
-#: written on first use, per machine, so the demo and the tests need no download.
-SAMPLE_URI = "sample"
-
-
-def sample_path() -> Path:
-    base = os.environ.get("RAYPROF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rayprof")
-    return Path(base) / "sample-640x360-30fps-10s.mp4"
-
-
-def ensure_sample() -> Path:
-    """The sample video's path, written first if it is not there yet (atomically, so actors
-    starting together on one node are safe)."""
-    path = sample_path()
-    for candidate in (path, path.with_suffix(".avi")):
-        if candidate.exists():
-            return candidate
-    return make_sample_video(path, seconds=10.0, fps=30.0, width=640, height=360)
-
-
-def resolve_uri(uri: str) -> str:
-    """``sample`` → the sample's path; anything else unchanged."""
-    return str(ensure_sample()) if uri.strip().lower() == SAMPLE_URI else uri

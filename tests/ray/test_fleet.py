@@ -78,6 +78,7 @@ def test_a_failed_actor_is_named_and_the_others_finish(local_ray, small_video, t
     assert fleet.submit(spec) == 1
     captured = capsys.readouterr()
     assert "dead-stream-0 failed:" in captured.err
+    assert any(line.split()[:2] == ["dead-stream", "failed"] for line in captured.out.splitlines())  # in the table
     assert "secret" not in captured.out + captured.err
     run_id = only_run(tmp_path)
     man = read_manifest(tmp_path, run_id)

@@ -445,3 +445,21 @@ def test_live_close_unblocks_a_waiting_reader():
     t.join(5)
     assert not t.is_alive()
     assert out and (out[0] is None or out[0].n >= 1)
+
+
+def test_synthetic_at_a_rate_is_live_and_counts_what_a_slow_reader_misses():
+    """Frame i is captured at t0 + i/fps whether or not it is read; a reader that falls more
+    than buffer_frames behind loses the oldest, counted, like a real camera."""
+    from rayprof.source import SourceSettings, open_source
+
+    t = [1000.0]
+    src = open_source(SourceSettings(uri="synthetic", width=32, height=24, fps=10.0, buffer_frames=8),
+                      clock=lambda: t[0], sleep=lambda s: t.__setitem__(0, t[0] + s))
+    assert src.live
+    b = src.read(4)  # paced: waits for frames 0..3 (0.3 s)
+    assert list(b.indices) == [0, 1, 2, 3] and b.dropped == 0
+    assert list(b.capture_ts) == [1000.0 + i / 10 for i in range(4)]
+    t[0] += 5.0  # the model took 5 s: frames up to 53 were captured meanwhile, the buffer keeps 8
+    b = src.read(4)
+    assert b.dropped == 46 - 4 and list(b.indices) == [46, 47, 48, 49]
+    assert src.stats()["dropped"] == 42 and src.stats()["frames"] == 8
