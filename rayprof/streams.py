@@ -24,14 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from .source import FrameBatch, SourceOpenError, SourceSettings, VideoSource, make_batch, mask_url, to_rgb
+from .source import (MAX_CONSECUTIVE_DECODE_ERRORS, FrameBatch, SourceOpenError, SourceSettings, VideoSource,
+                     make_batch, mask_url, to_rgb)
 
 Opener = Callable[[], Any]  # returns an opened cv2.VideoCapture-like object, or None
 
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 5.0
-#: Failed decodes in a row (grab ok, retrieve failed) after which the connection is treated as broken.
-MAX_CONSECUTIVE_DECODE_ERRORS = 25
 
 _FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _env_lock = threading.Lock()
