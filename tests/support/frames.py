@@ -100,7 +100,7 @@ def tool(module: str, *args: str, env: dict | None = None, timeout: float = 300,
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), full_env.get("PYTHONPATH", "")) if p)
     full_env.pop("RAY_ADDRESS", None)
     return subprocess.run([sys.executable, "-m", f"frame_extract.{module}", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def write_images(folder: Path, n: int, *, width: int = 96, height: int = 64, ext: str = "png") -> list[Path]:
