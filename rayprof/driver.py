@@ -100,7 +100,7 @@ def plan_row(plan: WorkerPlan) -> dict:
         "prep": f"{plan.prep_level}@{plan.prep_device}",
         "exec": plan.exec_device,
         "opts": ",".join(opts) or "-",
-        "cores": format_cores(plan.cores),
+        "cores": format_cores(plan.cores) or "unpinned",
         "cpus": f"{plan.num_cpus:g}",
         "gpus": f"{plan.num_gpus:g}",
         "steps": plan.max_steps or "until end",
@@ -112,6 +112,8 @@ class Manifest:
     """The run's ``_manifest.json``, rewritten atomically at start and at the end."""
 
     def __init__(self, root: str | os.PathLike, run_id: str, spec: FleetSpec, plans: list[WorkerPlan], mode: str):
+        from .source import mask_text
+
         self.root, self.run_id = Path(root), run_id
         self.t0 = time.time()
         self.data = {
@@ -125,7 +127,7 @@ class Manifest:
             "ended_at": None,
             "duration_s": None,
             "launcher": mode,
-            "command": [_mask_arg(a) for a in sys.argv],
+            "command": [mask_text(a) for a in sys.argv],
             "rayprof_version": __version__,
             "driver": host_info(),
             "nodes": {},
@@ -151,12 +153,6 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _mask_arg(arg: str) -> str:
-    from .source import mask_text
-
-    return mask_text(arg)
-
-
 def run_status(results: Iterable[dict]) -> tuple[str, int]:
     statuses = [r.get("status") for r in results]
     if any(s == "failed" for s in statuses):
@@ -172,7 +168,7 @@ def run_status(results: Iterable[dict]) -> tuple[str, int]:
 def console():
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False, soft_wrap=False,
+    return Console(stderr=False, highlight=False, markup=False, soft_wrap=False,
                    width=None if sys.stdout.isatty() else 160)
 
 
@@ -186,7 +182,7 @@ def print_table(con, table) -> None:
         return
     from rich.console import Console
 
-    Console(width=need, file=con.file, force_terminal=con.is_terminal, highlight=False).print(table)
+    Console(width=need, file=con.file, force_terminal=con.is_terminal, highlight=False, markup=False).print(table)
 
 
 class ProgressView:
