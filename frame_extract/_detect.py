@@ -72,17 +72,9 @@ def _score_kwarg(name: str, threshold: float) -> tuple[str, float] | None:
 
 
 def _enum_member(name: str, weights: str, field: str):
-    enum = torchvision.models.get_model_weights(name)
-    members = list(enum.__members__)
-    fix = f"use one of {', '.join(members)}, a local weights file (.pth), none, or auto"
-    member = weights
-    if "." in weights:
-        cls_name, member = weights.split(".", 1)
-        if cls_name != enum.__name__:
-            raise UserError(field, weights, f"{cls_name} are not weights for {name}", fix)
-    if member not in enum.__members__:
-        raise UserError(field, weights, f"no such weights for {name}" + did_you_mean(member, members), fix)
-    return enum[member]
+    from rayprof.model import weights_enum_member
+
+    return weights_enum_member(name, weights, field, alternatives="a local weights file (.pth), none, or auto")
 
 
 def resolve_detector(name: str, weights: str, threshold: float, *, model_field: str = "model_name",
@@ -132,10 +124,10 @@ def build_detector(spec: DetectorSpec, *, weights_field: str = "weights") -> nn.
     if spec.kind == "none":
         return _skeleton(spec).eval()
     if spec.kind == "file":
-        from rayprof.model import _load_state_dict  # plain, {"state_dict": …} or {"model": …}; DDP prefixes
+        from rayprof.model import load_state_dict_file  # plain, {"state_dict": …} or {"model": …}; DDP prefixes
 
         try:
-            state = _load_state_dict(spec.weights)
+            state = load_state_dict_file(spec.weights)
         except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
             raise UserError(weights_field, spec.weights, f"is not a state dict torch can load ({type(e).__name__})",
                             f"give a file saved with torch.save(model.state_dict(), path) from {spec.name}") from None

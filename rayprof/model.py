@@ -59,11 +59,12 @@ def is_local_path(weights: str) -> bool:
     return "/" in weights or os.sep in weights or weights.lower().endswith(_WEIGHT_SUFFIXES)
 
 
-def _weights_enum_member(name: str, weights: str, field: str):
-    """The torchvision weights enum member ``weights`` names for model ``name``, or a UserError."""
+def weights_enum_member(name: str, weights: str, field: str, alternatives: str = "a local .pt/.pth file, or none"):
+    """The torchvision weights enum member ``weights`` names for model ``name`` (``IMAGENET1K_V2``
+    or ``ResNet50_Weights.IMAGENET1K_V2``), found without downloading; else a UserError."""
     enum = torchvision.models.get_model_weights(name)
     members = list(enum.__members__)
-    fix = f"use one of {', '.join(members)} (or a local .pt/.pth file, or none)"
+    fix = f"use one of {', '.join(members)} (or {alternatives})"
     member = weights
     if "." in weights:
         cls_name, member = weights.split(".", 1)
@@ -138,7 +139,7 @@ def check_model(
                     "pip install safetensors, or save the state dict with torch.save as .pt",
                 ) from None
         return
-    member = _weights_enum_member(name, weights, field)
+    member = weights_enum_member(name, weights, field)
     classes = len(member.meta.get("categories") or [])
     if mode == "inference" and num_classes is not None and classes and num_classes != classes:
         raise UserError(f"{field_prefix}.num_classes", num_classes, f"{weights} weights have {classes} classes",
@@ -219,7 +220,7 @@ def _out_features(module: nn.Module) -> int:
 # -- weights files -------------------------------------------------------------------------
 
 
-def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     path = os.path.expanduser(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
@@ -328,13 +329,13 @@ class ModelRunner:
     def _build(self, name, weights, local, num_classes, field_prefix) -> nn.Module:
         field = f"{field_prefix}.weights"
         if weights is not None and not local:  # may download into the torch hub cache
-            return torchvision.models.get_model(name, weights=_weights_enum_member(name, weights, field))
+            return torchvision.models.get_model(name, weights=weights_enum_member(name, weights, field))
         kwargs = {"num_classes": num_classes} if num_classes and self.mode == "inference" else {}
         model = torchvision.models.get_model(name, weights=None, **kwargs)
         if weights is None:
             return model
         try:
-            state = _load_state_dict(weights)
+            state = load_state_dict_file(weights)
         except Exception as exc:  # unreadable file: the user's mistake, said in one line
             raise UserError(field, weights, f"cannot read a state dict ({exc})",
                             "save one with torch.save(model.state_dict(), path)") from None
