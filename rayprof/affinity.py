@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 
-from rayprof.errors import UserError
+from .errors import UserError
 
 __all__ = ["available_cores", "parse_cores", "format_cores", "allocate", "pin"]
 

@@ -26,8 +26,8 @@ import torch
 import torchvision
 from torch import nn
 
-from rayprof.errors import UserError, did_you_mean
-from rayprof.markers import mark
+from .errors import UserError, did_you_mean
+from .markers import mark
 
 __all__ = ["MODES", "ModelInfo", "ModelRunner", "check_device", "check_model", "classification_models",
            "find_head", "is_local_path", "replace_head", "resolve_device"]

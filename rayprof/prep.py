@@ -23,7 +23,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from rayprof.errors import UserError, did_you_mean
+from .errors import UserError, did_you_mean
 
 __all__ = ["LEVELS", "MEAN", "STD", "describe", "check_prep", "Preprocessor"]
 
@@ -98,7 +98,7 @@ def check_prep(level: str, device: str | torch.device = "cpu", field: str = "pre
     ``field`` names the level (``workers[0].prep.level``) or the prep block (``workers[0].prep``);
     errors are reported under ``….prep.level`` and ``….prep.device``.
     """
-    from rayprof.model import check_device  # one device rule for prep and model
+    from .model import check_device  # one device rule for prep and model
 
     level_field, device_field, _ = _fields(field)
     _check_level(level, level_field)
@@ -125,7 +125,7 @@ class Preprocessor:
         field: str = "prep.level",
     ):
         check_prep(level, device, field)
-        from rayprof.model import resolve_device
+        from .model import resolve_device
 
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise UserError(
