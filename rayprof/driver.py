@@ -25,7 +25,7 @@ from .sink import DatasetWriter, read_table, run_dir, write_manifest
 from .spec import FleetSpec
 from .sysinfo import host_info
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED = 0, 1  # bad input (2) never gets this far: UserError
 
 
 # --------------------------------------------------------------------------- checks

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from . import affinity
@@ -50,9 +50,6 @@ class WorkerPlan:
     pair_id: str | None = None
     sweep_point: str | None = None
     field: str = field(default="workers[0]", compare=False)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def make_run_id(name: str, now: datetime | None = None, suffix: str | None = None) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from rayprof.source import SourceOpenError, SourceSettings, make_sample_video, open_source, sample_patch_center
-from tests.support.media import BlackHoleServer, HttpStreamServer, free_port
+from tests.support.media import BlackHoleServer, HttpStreamServer, free_port, read_until_end
 from tests.support.rtsp_server import RtspTestServer
 
 W, H = 320, 240
@@ -54,14 +54,7 @@ def wait_for(pred, what: str) -> None:
         ev.wait(0.05)
 
 
-def drain(src, n: int = 10, limit: int = 2000) -> list:
-    out = []
-    for _ in range(limit):
-        b = src.read(n)
-        if b is None:
-            return out
-        out.append(b)
-    raise AssertionError("stream did not end")
+drain = read_until_end
 
 
 def check_batches(batches) -> None:

@@ -13,13 +13,6 @@ from rayprof.sink import read_manifest, read_table  # noqa: E402
 from rayprof.spec import parse_fleet  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 def spec_for(video, output, workers, **top):
     defaults = {"source": {"uri": str(video), "loop": True}, "model": "mobilenet_v3_small",
                 "prep": {"level": "simple", "size": 64}, "batch_size": 4, "max_steps": 6, "warmup_steps": 2,

@@ -95,3 +95,14 @@ class BlackHoleServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_until_end(src, n: int = 10, limit: int = 2000) -> list:
+    """Every batch of ``src`` in batches of ``n``, failing (not hanging) if it never ends."""
+    out = []
+    for _ in range(limit):
+        b = src.read(n)
+        if b is None:
+            return out
+        out.append(b)
+    raise AssertionError("source did not end")

@@ -23,6 +23,7 @@ from rayprof.source import (
     source_kind,
 )
 from rayprof.streams import LiveSource
+from tests.support.media import read_until_end
 
 W, H, FPS, SECONDS = 160, 120, 10.0, 2.0
 N_FRAMES = 20
@@ -50,14 +51,8 @@ def sample_video(tmp_path_factory) -> Path:
                              seconds=SECONDS, fps=FPS, width=W, height=H)
 
 
-def read_all(src, n: int, limit: int = 1000) -> list:
-    batches = []
-    for _ in range(limit):
-        b = src.read(n)
-        if b is None:
-            return batches
-        batches.append(b)
-    raise AssertionError("source did not end")
+def read_all(src, n: int) -> list:
+    return read_until_end(src, n, limit=1000)
 
 
 # --------------------------------------------------------------------------- files

@@ -1,0 +1,11 @@
+"""One local Ray per test module (each start costs seconds on 2 cores)."""
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
