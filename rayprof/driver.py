@@ -338,7 +338,8 @@ def run_single(spec: FleetSpec) -> int:
     con = console()
     con.print(f"rayprof run {run_id}: {plan.model} {plan.mode} batch {plan.batch_size} on {plan.exec_device}, "
               f"prep {plan.prep_level}@{plan.prep_device}, cores {plan_row(plan)['cores']}")
-    worker = StreamWorker(plan, Emitter(lambda b, seq: writer.write(plan.worker, plan.actor_id, b, seq)))
+    worker = StreamWorker(plan, Emitter(lambda b, seq: writer.write(plan.worker, plan.actor_id, b, seq),
+                                         put_file=writer.put_file))
     view = ProgressView(plans)
     done = threading.Event()
 

@@ -46,6 +46,12 @@ class WorkerPlan:
     warmup_steps: int
     seed: int
     flush_interval_s: float = 1.0
+    resources: tuple[tuple[str, float], ...] = ()  # custom Ray resources, sorted (name, amount)
+    node: str | None = None  # the spec's node: id, IP or hostname
+    spread: bool = False
+    node_id: str | None = None  # where placement put the actor (None: Ray decides, or local)
+    profile_torch: dict | None = None  # TorchProfileSpec as a dict
+    profile_nsys: dict | None = None  # NsysSpec as a dict
     role: str = "full"
     pair_id: str | None = None
     sweep_point: str | None = None
@@ -103,8 +109,10 @@ def plan_fleet(
     sharing = Counter(c for cores in cores_of.values() for c in cores)
     devices = [(resolve_auto(w.device, cuda_available), resolve_auto(w.prep.device, cuda_available))
                for _i, w, _r in slots]
-    n_cuda = sum(1 for d in devices if any(x.startswith("cuda") for x in d))
-    gpu_share = round(min(1.0, gpus / n_cuda), 4) if n_cuda and gpus else 0.0
+    n_cuda = sum(1 for (_i, w, _r), d in zip(slots, devices) if w.gpus is None and any(x.startswith("cuda") for x in d))
+    claimed_gpus = sum(w.gpus for (_i, w, _r), d in zip(slots, devices) if w.gpus is not None and any(x.startswith("cuda") for x in d))
+    spare = max(0.0, gpus - claimed_gpus)
+    gpu_share = round(min(1.0, spare / n_cuda), 4) if n_cuda and spare else 0.0
 
     plans = []
     for k, (i, w, r) in enumerate(slots):
@@ -131,11 +139,16 @@ def plan_fleet(
                 cores=cores,
                 cores_spec=w.cores,
                 num_cpus=cpu_request(cores, sharing) if cores else 1.0,
-                num_gpus=gpu_share if any(x.startswith("cuda") for x in devices[k]) else 0.0,
+                num_gpus=(gpu_share if w.gpus is None else w.gpus) if any(x.startswith("cuda") for x in devices[k]) else 0.0,
                 max_steps=w.max_steps,
                 warmup_steps=w.warmup_steps,
                 seed=w.seed,
                 flush_interval_s=spec.flush_interval_s,
+                resources=tuple(sorted(w.resources.items())),
+                node=w.node,
+                spread=w.spread,
+                profile_torch=w.profile.torch.model_dump() if w.profile.torch else None,
+                profile_nsys=w.profile.nsys.model_dump() if w.profile.nsys else None,
                 field=f"workers[{i}]",
             )
         )

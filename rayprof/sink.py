@@ -4,6 +4,7 @@ Layout (hive partitions; the partition columns are not stored inside the files):
 
     <root>/run=<run_id>/worker=<worker>/part-<actor_id>-<seq>.parquet
     <root>/run=<run_id>/_manifest.json
+    <root>/run=<run_id>/_profiles/<kind>/<file>          (profiler traces, when asked for)
 
 Every file is written under a hidden name (``.part-….parquet.tmp``) and renamed when complete,
 so pandas, pyarrow and DuckDB can read the dataset at any moment, even while a run writes it:
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 from .metrics import FILE_SCHEMA, PARTITIONING_SCHEMA
 
 MANIFEST = "_manifest.json"
+PROFILES = "_profiles"  # run=<id>/_profiles/<kind>/<file>: torch traces, nsys reports
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -94,6 +96,21 @@ class DatasetWriter:
                 self.rows += table.num_rows
                 self.files += 1
                 self.bytes += final.stat().st_size
+        return final
+
+    def put_file(self, kind: str, name: str, data: bytes) -> Path:
+        """Store a profiler artifact (a torch trace, an nsys report) as
+        ``run=<id>/_profiles/<kind>/<name>``, atomically; dataset readers skip ``_`` folders."""
+        d = _inside(self.root, self.dir / PROFILES / safe_component(kind, "artifact kind"))
+        d.mkdir(parents=True, exist_ok=True)
+        final = d / safe_component(name, "artifact name")
+        tmp = d / f".{final.name}.tmp"
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return final
 
     def stats(self) -> dict[str, int]:

@@ -69,6 +69,43 @@ class PrepSpec(_Strict):
     size: int = Field(224, gt=0, description="output side length in pixels")
 
 
+class TorchProfileSpec(_Strict):
+    """``profile.torch``: a torch.profiler Chrome trace per actor. ``true`` takes the defaults."""
+
+    wait: int = Field(2, ge=0, description="steps skipped before each cycle")
+    warmup: int = Field(2, ge=0, description="steps traced but discarded (profiler warm-up)")
+    active: int = Field(5, ge=1, description="steps recorded per cycle")
+    repeat: int = Field(1, ge=0, description="cycles (0 = until the run ends)")
+    record_shapes: bool = False
+    profile_memory: bool = False
+    with_stack: bool = False
+
+
+class NsysSpec(_Strict):
+    """``profile.nsys``: run the actor under Nsight Systems. ``true`` takes the defaults."""
+
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=lambda: {"t": "cuda,cudnn,cublas,nvtx,osrt"},
+        description="nsys profile options (name: value, without dashes); nvtx is always traced")
+    wait_s: float = Field(120.0, gt=0, description="how long the driver waits for the reports after the run")
+
+
+class ProfileSpec(_Strict):
+    """Profilers for a worker's actors."""
+
+    torch: TorchProfileSpec | None = None
+    nsys: NsysSpec | None = None
+
+    @field_validator("torch", "nsys", mode="before")
+    @classmethod
+    def _flag(cls, v: Any) -> Any:
+        if v is True:
+            return {}
+        if v is False:
+            return None
+        return v
+
+
 class WorkerSpec(_Strict):
     """One worker's resolved settings (defaults merged with its own entry)."""
 
@@ -81,6 +118,11 @@ class WorkerSpec(_Strict):
     prep: PrepSpec = PrepSpec()
     device: str = Field("auto", description="where the model runs: auto, cpu, cuda, cuda:N")
     cores: str = Field("auto", description="auto, all, or a core set like '0-3' / '0,2,4-5'")
+    gpus: float | None = Field(None, ge=0, description="GPUs per actor, fractions share one GPU (unset: split evenly)")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per actor, e.g. {camera: 1}")
+    node: str | None = Field(None, description="run on this node: Ray node id, IP or hostname")
+    spread: bool = Field(False, description="replicas on different nodes while nodes last")
+    profile: ProfileSpec = ProfileSpec()
     max_steps: int = Field(100, ge=0, description="steps (batches) to run; 0 = until the source ends")
     warmup_steps: int = Field(5, ge=0, description="first steps flagged warmup, left out of summaries")
     seed: int = 0
@@ -124,6 +166,10 @@ class FleetSpec(_Strict):
     output: str = Field("runs", description="dataset root folder")
     address: str | None = Field(None, description="Ray address; unset: RAY_ADDRESS or an embedded local Ray")
     flush_interval_s: float = Field(1.0, gt=0, le=60, description="how often workers ship rows to the sink")
+    sink: Literal["auto", "driver", "direct"] = Field(
+        "auto", description="driver: workers ship rows to a sink actor on the driver's node; direct: each worker "
+        "writes to `output` itself (shared path or object store); auto: direct for URIs (s3://...), else driver")
+    runtime_env: dict[str, Any] = Field(default_factory=dict, description="Ray runtime_env added to every actor (pip, env_vars, ...)")
     defaults: dict[str, Any] = Field(default_factory=dict)
     workers: list[WorkerSpec] = Field(min_length=1)
 
@@ -177,7 +223,8 @@ def _model_at(path: tuple) -> type[BaseModel] | None:
         if model is None or part not in model.model_fields:
             return None
         ann = model.model_fields[part].annotation
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        options = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type)] or [ann]  # X | None
+        model = next((a for a in options if isinstance(a, type) and issubclass(a, BaseModel)), None)
     return model
 
 

@@ -50,8 +50,10 @@ class Emitter:
     asynchronous Ray version with the same contract.
     """
 
-    def __init__(self, write: Callable[[pa.RecordBatch, int], object], max_unsent: int = 8):
+    def __init__(self, write: Callable[[pa.RecordBatch, int], object], max_unsent: int = 8,
+                 put_file: Callable[[str, str, bytes], object] | None = None):
         self._write = write
+        self._put_file = put_file
         self._unsent: list[tuple[int, pa.RecordBatch]] = []
         self._seq = 0
         self.max_unsent = max_unsent
@@ -76,6 +78,12 @@ class Emitter:
             self._write(batch, seq)
             self._unsent.pop(0)
             self.rows += batch.num_rows
+
+    def artifact(self, kind: str, name: str, data: bytes) -> str | None:
+        """Store a profiler artifact (``kind``/``name``) next to the run's dataset."""
+        if self._put_file is None:
+            return None
+        return str(self._put_file(kind, name, data))
 
 
 @dataclass

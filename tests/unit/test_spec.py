@@ -55,7 +55,7 @@ def test_worker_names_default_and_must_be_unique():
         ({"workers": [{"name": "a", "max_steps": -1}]}, "workers[0].max_steps = -1: "),
         ({"workers": [{"name": "a", "prep": "hard"}]}, "workers[0].prep.level = 'hard': is not allowed; use one of"),
         ({"workers": [{"name": "a", "batchsize": 2}]}, "did you mean 'batch_size'"),
-        ({"workers": [{"name": "a", "modle": "x"}]}, "(did you mean 'mode' or 'model'?)"),
+        ({"workers": [{"name": "a", "modle": "x"}]}, "(did you mean 'mode' or 'model' or 'node'?)"),
         ({"workers": [{"name": "a", "model": {"nmae": "x"}}]}, "workers[0].model.nmae = 'nmae': is not a known key"),
         ({"workers": [{"name": "a", "batch_size": "many"}]}, "write a whole number"),
         ({"workers": [{"name": "a", "model": {"amp": "maybe"}}]}, "write true or false"),
