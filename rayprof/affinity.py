@@ -18,6 +18,8 @@ from .errors import UserError
 __all__ = ["available_cores", "parse_cores", "format_cores", "allocate", "pin"]
 
 _RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
+#: Core ids accepted when the target machine is not known (planning for a remote node): syntax only.
+ANY_CORE = list(range(4096))
 
 
 def available_cores() -> list[int]:
@@ -34,9 +36,9 @@ def available_cores() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
-def _fix(available: Sequence[int]) -> str:
+def _fix(available: Sequence[int], where: str = "this machine") -> str:
     return (
-        f"this machine has cores {format_cores(available)}; use a range like "
+        f"{where} has cores {format_cores(available)}; use a range like "
         f"'{_example(available)}', a list like '0,2,4', or 'all'"
     )
 
@@ -52,6 +54,7 @@ def parse_cores(
     spec: str | int | Iterable[int],
     available: list[int] | None = None,
     field: str = "cores",
+    where: str = "this machine",
 ) -> list[int]:
     """Parse a core set and check it against the machine's cores.
 
@@ -63,7 +66,7 @@ def parse_cores(
     must resolve with :func:`allocate` before calling this.
     """
     avail = sorted(available) if available is not None else available_cores()
-    fix = _fix(avail)
+    fix = _fix(avail, where) if available is not ANY_CORE else "use a range like '0-3', a list like '0,2,4', or 'all'"
     if isinstance(spec, bool):  # bool is an int: True is not core 1
         raise UserError(field, spec, "not a core set", fix)
     if isinstance(spec, str):
@@ -110,7 +113,7 @@ def parse_cores(
     if missing:
         what = "core" if len(missing) == 1 else "cores"
         raise UserError(
-            field, spec, f"{what} {format_cores(missing)} not available on this machine", fix
+            field, spec, f"{what} {format_cores(missing)} not available on {where}", fix
         )
     return sorted(cores)
 

@@ -1,18 +1,18 @@
 """FleetSpec → one WorkerPlan per actor. Pure: no Ray, no I/O.
 
-Replicas are expanded, devices resolved (``auto`` → ``cuda`` when the target has a GPU),
-core sets parsed or allocated (``auto`` gives actors disjoint sets while cores last, then shares
-them round-robin), and each actor's CPU request for Ray derived from the cores it pins.
+Replicas are expanded and devices resolved (``auto`` → ``cuda`` when the target has a GPU);
+:mod:`rayprof.placement` then picks each actor's node and core set (``auto``: disjoint sets per
+node while cores last, then shared) and derives its Ray CPU and GPU requests.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections import Counter
+import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import affinity
+from .placement import Node, Slot, cpu_request, place, with_placement
 from .source import SourceSettings
 from .spec import FleetSpec, WorkerSpec
 
@@ -64,100 +64,87 @@ def make_run_id(name: str, now: datetime | None = None, suffix: str | None = Non
     return f"{name}-{now:%Y%m%d-%H%M%S}-{suffix or secrets.token_hex(2)}"
 
 
-#: Core ids accepted when the target machine is not known (a remote cluster): syntax only.
-_ANY_CORE = list(range(4096))
-
-
 def resolve_auto(device: str, cuda_available: bool) -> str:
     """``auto`` → ``cuda`` where the target has a GPU, else ``cpu``; other values unchanged."""
     return ("cuda" if cuda_available else "cpu") if device == "auto" else device
+
+
+def local_node(cores_available: list[int] | None, gpus: float) -> Node:
+    """This machine as the only node (``rayprof run``, ``validate``, an embedded Ray), or an
+    unknown remote node when ``cores_available`` is None (``validate --remote``)."""
+    if cores_available is None:
+        return Node(None, ip="?", hostname="?", resources=None, cores=None, is_driver=True)
+    return Node(None, ip="127.0.0.1", hostname=socket.gethostname(),
+                resources={"CPU": float(len(cores_available)), "GPU": float(gpus)},
+                cores=tuple(cores_available), is_driver=True)
 
 
 def plan_fleet(
     spec: FleetSpec,
     run_id: str,
     *,
-    cores_available: list[int] | None,
-    cuda_available: bool,
-    gpus: float = 0.0,
+    cores_available: list[int] | None = None,
+    cuda_available: bool = False,
+    gpus: float | None = None,
+    nodes: list[Node] | None = None,
 ) -> list[WorkerPlan]:
-    """One plan per actor, in spec order (worker, then replica).
+    """One plan per actor, in spec order (worker, then replica), placed on ``nodes``.
 
-    ``cores_available``: the cores of the machine the actors run on, or None when that is not
-    known here (a remote cluster): explicit sets are then checked for syntax only and ``auto``
-    pins nothing (one CPU each). ``gpus``: how many GPUs the actors share; the actors that use
-    CUDA split them evenly (fractional GPUs, so several actors share one)."""
-    slots: list[tuple[int, WorkerSpec, int]] = [
-        (i, w, r) for i, w in enumerate(spec.workers) for r in range(w.replicas)
-    ]
-    explicit: dict[int, list[int]] = {}
-    auto_slots: list[int] = []
-    for k, (i, w, _r) in enumerate(slots):
-        cs = w.cores.strip().lower()
-        if cs == "auto":
-            auto_slots.append(k)
-        else:
-            explicit[k] = affinity.parse_cores(w.cores, cores_available or _ANY_CORE, field=f"workers[{i}].cores")
-    cores_of = dict(explicit)
-    if cores_available:
-        claimed = {c for cores in explicit.values() for c in cores}
-        free = [c for c in cores_available if c not in claimed] or list(cores_available)
-        for k, cores in zip(auto_slots, affinity.allocate(len(auto_slots), free)):
-            cores_of[k] = cores
+    Without ``nodes`` the actors run on one machine whose cores are ``cores_available`` (None:
+    not known here, so explicit sets are checked for syntax only and ``auto`` pins nothing) and
+    which has ``gpus`` GPUs (default: one when ``cuda_available``). ``auto`` devices resolve to
+    CUDA when the target has a GPU. See :mod:`rayprof.placement` for the rules."""
+    if nodes is None:
+        gpus = (1.0 if cuda_available else 0.0) if gpus is None else gpus
+        nodes = [local_node(cores_available, gpus)]
     else:
-        cores_of.update({k: [] for k in auto_slots})
-    sharing = Counter(c for cores in cores_of.values() for c in cores)
-    devices = [(resolve_auto(w.device, cuda_available), resolve_auto(w.prep.device, cuda_available))
-               for _i, w, _r in slots]
-    n_cuda = sum(1 for (_i, w, _r), d in zip(slots, devices) if w.gpus is None and any(x.startswith("cuda") for x in d))
-    claimed_gpus = sum(w.gpus for (_i, w, _r), d in zip(slots, devices) if w.gpus is not None and any(x.startswith("cuda") for x in d))
-    spare = max(0.0, gpus - claimed_gpus)
-    gpu_share = round(min(1.0, spare / n_cuda), 4) if n_cuda and spare else 0.0
-
-    plans = []
-    for k, (i, w, r) in enumerate(slots):
-        cores = tuple(sorted(cores_of[k]))
-        plans.append(
-            WorkerPlan(
-                run_id=run_id,
-                worker=w.name,
-                replica=r,
-                actor_id=f"{w.name}-{r}",
-                source=SourceSettings(**w.source.model_dump(), field=f"workers[{i}].source.uri"),
-                model=w.model.name,
-                weights=w.model.weights,
-                num_classes=w.model.num_classes,
-                compile=w.model.compile,
-                amp=w.model.amp,
-                lr=w.model.lr,
-                mode=w.mode,
-                batch_size=w.batch_size,
-                prep_level=w.prep.level,
-                prep_device=devices[k][1],
-                prep_size=w.prep.size,
-                exec_device=devices[k][0],
-                cores=cores,
-                cores_spec=w.cores,
-                num_cpus=cpu_request(cores, sharing) if cores else 1.0,
-                num_gpus=(gpu_share if w.gpus is None else w.gpus) if any(x.startswith("cuda") for x in devices[k]) else 0.0,
-                max_steps=w.max_steps,
-                warmup_steps=w.warmup_steps,
-                seed=w.seed,
-                flush_interval_s=spec.flush_interval_s,
-                resources=tuple(sorted(w.resources.items())),
-                node=w.node,
-                spread=w.spread,
-                profile_torch=w.profile.torch.model_dump() if w.profile.torch else None,
-                profile_nsys=w.profile.nsys.model_dump() if w.profile.nsys else None,
-                field=f"workers[{i}]",
-            )
-        )
-    return plans
+        cuda_available = any(n.gpus > 0 for n in nodes)
+    slots, plans = [], []
+    for i, w in enumerate(spec.workers):
+        exec_device, prep_device = resolve_auto(w.device, cuda_available), resolve_auto(w.prep.device, cuda_available)
+        for r in range(w.replicas):
+            slots.append(Slot(index=len(slots), field=f"workers[{i}]", worker=w.name, replica=r, cores_spec=w.cores,
+                              uses_cuda=any(d.startswith("cuda") for d in (exec_device, prep_device)),
+                              gpus=w.gpus, resources=tuple(sorted(w.resources.items())), node=w.node, spread=w.spread))
+            plans.append(_plan(spec, run_id, i, w, r, exec_device, prep_device))
+    return with_placement(plans, place(slots, nodes))
 
 
-def cpu_request(cores: tuple[int, ...], sharing: Counter) -> float:
-    """Ray CPUs for an actor: its share of each pinned core (a core pinned by k actors counts
-    1/k to each), so the fleet never asks for more CPUs than the cores it pins. Ray accepts
-    fractions below 1 and whole numbers above."""
-    share = sum(1.0 / sharing[c] for c in cores)
-    return float(int(share)) if share >= 1 else round(share, 4)
+def _plan(spec: FleetSpec, run_id: str, i: int, w: WorkerSpec, r: int, exec_device: str, prep_device: str) -> WorkerPlan:
+    """The plan of one actor before placement (cores, CPUs and GPUs are placement's)."""
+    return WorkerPlan(
+        run_id=run_id,
+        worker=w.name,
+        replica=r,
+        actor_id=f"{w.name}-{r}",
+        source=SourceSettings(**w.source.model_dump(), field=f"workers[{i}].source.uri"),
+        model=w.model.name,
+        weights=w.model.weights,
+        num_classes=w.model.num_classes,
+        compile=w.model.compile,
+        amp=w.model.amp,
+        lr=w.model.lr,
+        mode=w.mode,
+        batch_size=w.batch_size,
+        prep_level=w.prep.level,
+        prep_device=prep_device,
+        prep_size=w.prep.size,
+        exec_device=exec_device,
+        cores=(),
+        cores_spec=w.cores,
+        num_cpus=1.0,
+        num_gpus=0.0,
+        max_steps=w.max_steps,
+        warmup_steps=w.warmup_steps,
+        seed=w.seed,
+        flush_interval_s=spec.flush_interval_s,
+        resources=tuple(sorted(w.resources.items())),
+        node=w.node,
+        spread=w.spread,
+        profile_torch=w.profile.torch.model_dump() if w.profile.torch else None,
+        profile_nsys=w.profile.nsys.model_dump() if w.profile.nsys else None,
+        field=f"workers[{i}]",
+    )
+
+
+__all__ = ["WorkerPlan", "cpu_request", "local_node", "make_run_id", "plan_fleet", "resolve_auto"]

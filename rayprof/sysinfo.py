@@ -8,6 +8,8 @@ import socket
 from importlib import metadata
 from pathlib import Path
 
+from .affinity import format_cores
+
 LIBRARIES = ("rayprof", "torch", "torchvision", "ray", "numpy", "pandas", "pyarrow",
              "opencv-python-headless", "opencv-python", "pydantic", "duckdb", "nvtx")
 
@@ -87,6 +89,7 @@ def host_info() -> dict:
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "cores_available": len(affinity),
+        "cores": format_cores(affinity),
         "memory_gib": _memory_gib(),
         "gpus": gpu_info(),
         "nvidia_driver": _nvidia_driver(),
