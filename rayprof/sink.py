@@ -6,30 +6,46 @@ Layout (hive partitions; the partition columns are not stored inside the files):
     <root>/run=<run_id>/_manifest.json
     <root>/run=<run_id>/_profiles/<kind>/<file>          (profiler traces, when asked for)
 
-Every file is written under a hidden name (``.part-….parquet.tmp``) and renamed when complete,
-so pandas, pyarrow and DuckDB can read the dataset at any moment, even while a run writes it:
-readers see only whole files. The manifest starts with ``_`` so that ``pd.read_parquet(root)``
-and ``pyarrow.dataset`` skip it (they ignore ``_``/``.`` names by default).
+``root`` is a local (or shared) folder, or a URI that pyarrow's filesystems open
+(``s3://bucket/prefix``, ``gs://…``, ``file:///…``; ``pyarrow.fs.FileSystem.from_uri``).
+Every file appears whole or not at all, so pandas, pyarrow and DuckDB can read the dataset at
+any moment, even while a run writes it: on filesystems with directories a file is written
+under a hidden name (``.part-….parquet.tmp``) and renamed when complete; object stores have
+no rename, but a PUT is atomic, so the final key is written directly (each file is one small
+PUT: a batch holds at most a few thousand rows). The manifest starts with ``_`` so that
+``pd.read_parquet(root)`` and ``pyarrow.dataset`` skip it (they ignore ``_``/``.`` names).
+
+Every path component that comes from a spec (run id, worker, actor, artifact names) is checked
+by :func:`safe_component`, so nothing is written outside the root. Credentials in a URI
+(``s3://KEY:SECRET@bucket``, ``?secret_key=…``) are never shown: pass any path that is
+printed or stored through ``source.mask_url``.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import posixpath
 import re
 import threading
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .errors import UserError
 from .metrics import FILE_SCHEMA, PARTITIONING_SCHEMA
+from .source import mask_text, mask_url
 
 MANIFEST = "_manifest.json"
 PROFILES = "_profiles"  # run=<id>/_profiles/<kind>/<file>: torch traces, nsys reports
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})  # pyarrow type names: no rename, an atomic PUT
 
 
 def safe_component(value: str, what: str) -> str:
@@ -39,118 +55,247 @@ def safe_component(value: str, what: str) -> str:
     return value
 
 
-def run_dir(root: str | os.PathLike, run_id: str) -> Path:
-    return Path(root) / f"run={safe_component(run_id, 'run id')}"
+# --------------------------------------------------------------------------- roots
 
 
-def _inside(root: Path, path: Path) -> Path:
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise ValueError(f"{path} is outside the output root {root}")
-    return path
+def is_uri(root: str | Path) -> bool:
+    """``scheme://…`` (``s3://``, ``gs://``, ``file://``…) rather than a plain path."""
+    return isinstance(root, str) and bool(_URI.match(root))
+
+
+def is_remote(root: str | Path) -> bool:
+    """A URI that does not name the local filesystem (``s3://…``; not ``file://``)."""
+    return is_uri(root) and _URI.match(str(root)).group(1).lower() != "file"
+
+
+def resolve_root(root: str | Path) -> str:
+    """A URI as given; a path made absolute (workers on other nodes get the same string)."""
+    return str(root) if is_uri(root) else str(Path(root).expanduser().resolve())
+
+
+def open_root(root: str | Path) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and the root's path inside it. A URI that pyarrow cannot open is the
+    user's ``output``: a :class:`UserError` with the credentials masked."""
+    if not is_uri(root):
+        return pafs.LocalFileSystem(), resolve_root(root)
+    try:
+        fs, path = pafs.FileSystem.from_uri(str(root))
+    except (pa.ArrowException, ValueError) as e:
+        raise UserError("output", mask_url(str(root)), f"cannot open it ({mask_text(str(e).splitlines()[0])})",
+                        "use a folder, a shared path, or a URI like s3://bucket/prefix") from None
+    if not path.strip("/"):
+        raise UserError("output", mask_url(str(root)), "names no bucket or folder", "use a URI like s3://bucket/prefix")
+    return fs, path.rstrip("/")
+
+
+def run_dir(root: str | Path, run_id: str) -> str:
+    """The run's folder (a path, or a URI keeping the root's query options). It may hold the
+    root's credentials: show it through ``mask_url``."""
+    if not is_uri(root):
+        return _run_path(resolve_root(root), run_id)
+    u = urlsplit(str(root))
+    return urlunsplit(u._replace(path=_run_path(u.path or "/", run_id)))
+
+
+def _run_path(base: str, run_id: str) -> str:
+    return posixpath.join(base, f"run={safe_component(run_id, 'run id')}")
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+def _put(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
+    """Store ``data`` at ``path`` so that readers see the whole file or none of it."""
+    if fs.type_name in OBJECT_STORES:  # the object appears only when close() completes the upload
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    parent, name = posixpath.split(path)
+    fs.create_dir(parent, recursive=True)
+    tmp = posixpath.join(parent, f".{name}.tmp")
+    try:
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)  # rename(2): replaces an existing file atomically
+    except BaseException:
+        _delete_quietly(fs, tmp)
+        raise
+
+
+def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
+    try:
+        fs.delete_file(path)
+    except OSError:  # not there (never written), or already gone
+        pass
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _read(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _parquet_bytes(table: pa.Table, compression: str) -> pa.Buffer:
+    out = pa.BufferOutputStream()
+    pq.write_table(table, out, compression=compression)
+    return out.getvalue()
+
+
+def _as_table(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    return table if table.schema == FILE_SCHEMA else table.cast(FILE_SCHEMA)
+
+
+# --------------------------------------------------------------------------- the writer
 
 
 class DatasetWriter:
-    """Writes record batches as atomic Parquet files; thread-safe; holds no rows in memory."""
+    """Writes record batches as atomic Parquet files; thread-safe; holds no rows beyond the
+    one file being written. ``filesystem`` overrides the one opened from ``root`` (``root`` is
+    then a path inside it)."""
 
-    def __init__(self, root: str | os.PathLike, run_id: str, compression: str = "zstd"):
-        self.root = Path(root)
+    def __init__(self, root: str | Path, run_id: str, compression: str = "zstd",
+                 filesystem: pafs.FileSystem | None = None):
+        self.fs, base = (filesystem, str(root)) if filesystem is not None else open_root(root)
         self.run_id = run_id
-        self.dir = run_dir(self.root, run_id)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = _run_path(base, run_id)
+        if self.fs.type_name not in OBJECT_STORES:  # the run's folder exists from the start
+            self.fs.create_dir(self.dir, recursive=True)
         self.compression = compression
-        self._seq: dict[tuple[str, str], int] = {}
+        self._next: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
         self.rows = 0
         self.files = 0
         self.bytes = 0
 
-    def write(self, worker: str, actor_id: str, batch: pa.RecordBatch | pa.Table, seq: int | None = None) -> Path | None:
+    def write(self, worker: str, actor_id: str, batch: pa.RecordBatch | pa.Table, seq: int | None = None) -> str | None:
         """Write one batch of ``actor_id``'s rows to ``worker``'s partition as file ``seq``
         (the next free number if not given). Writing the same ``seq`` again replaces that file
-        atomically, so a re-delivered batch is never counted twice."""
+        atomically, so a re-delivered batch is never counted twice. Returns the file's path
+        inside the filesystem (None for an empty batch)."""
         if batch.num_rows == 0:
             return None
-        if batch.schema != FILE_SCHEMA:
-            batch = batch.cast(FILE_SCHEMA) if isinstance(batch, pa.Table) else pa.Table.from_batches([batch]).cast(FILE_SCHEMA)
-        worker = safe_component(worker, "worker name")
-        actor = safe_component(actor_id, "actor id")
+        key = (safe_component(worker, "worker name"), safe_component(actor_id, "actor id"))
         with self._lock:
-            if seq is None:
-                seq = self._seq.get((worker, actor), 0)
-            self._seq[(worker, actor)] = max(seq + 1, self._seq.get((worker, actor), 0))
-        part_dir = _inside(self.root, self.dir / f"worker={worker}")
-        part_dir.mkdir(parents=True, exist_ok=True)
-        final = part_dir / f"part-{actor}-{seq:06d}.parquet"
-        tmp = part_dir / f".{final.name}.tmp"
-        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        replaced = final.exists()
-        try:
-            pq.write_table(table, tmp, compression=self.compression)
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        with self._lock:
-            if not replaced:
+            seq = self._next.get(key, 0) if seq is None else seq
+            maybe_written = seq < self._next.get(key, 0)  # a re-delivery: only then look
+            self._next[key] = max(seq + 1, self._next.get(key, 0))
+        path = posixpath.join(self.dir, f"worker={key[0]}", f"part-{key[1]}-{seq:06d}.parquet")
+        table = _as_table(batch)
+        data = _parquet_bytes(table, self.compression)
+        replaced = maybe_written and _exists(self.fs, path)
+        _put(self.fs, path, data)
+        if not replaced:
+            with self._lock:
                 self.rows += table.num_rows
                 self.files += 1
-                self.bytes += final.stat().st_size
-        return final
+                self.bytes += data.size
+        return path
 
-    def put_file(self, kind: str, name: str, data: bytes) -> Path:
+    def put_file(self, kind: str, name: str, data: bytes) -> str:
         """Store a profiler artifact (a torch trace, an nsys report) as
         ``run=<id>/_profiles/<kind>/<name>``, atomically; dataset readers skip ``_`` folders."""
-        d = _inside(self.root, self.dir / PROFILES / safe_component(kind, "artifact kind"))
-        d.mkdir(parents=True, exist_ok=True)
-        final = d / safe_component(name, "artifact name")
-        tmp = d / f".{final.name}.tmp"
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return final
+        path = posixpath.join(self.dir, PROFILES, safe_component(kind, "artifact kind"),
+                              safe_component(name, "artifact name"))
+        _put(self.fs, path, data)
+        return path
 
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {"rows": self.rows, "files": self.files, "bytes": self.bytes}
 
 
-def write_json_atomic(path: Path, data: dict) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+# --------------------------------------------------------------------------- manifest
+
+
+def write_manifest(root: str | Path, run_id: str, manifest: dict) -> str:
+    """Write (or replace) the run's ``_manifest.json`` atomically; returns its path in the filesystem."""
+    fs, base = open_root(root)
+    path = posixpath.join(_run_path(base, run_id), MANIFEST)
+    _put(fs, path, (json.dumps(manifest, indent=2, default=str) + "\n").encode())
     return path
 
 
-def write_manifest(root: str | os.PathLike, run_id: str, manifest: dict) -> Path:
-    d = run_dir(root, run_id)
-    d.mkdir(parents=True, exist_ok=True)
-    return write_json_atomic(d / MANIFEST, manifest)
+def read_manifest(root: str | Path, run_id: str) -> dict:
+    fs, base = open_root(root)
+    return json.loads(_read(fs, posixpath.join(_run_path(base, run_id), MANIFEST)))
 
 
-def read_manifest(root: str | os.PathLike, run_id: str) -> dict:
-    return json.loads((run_dir(root, run_id) / MANIFEST).read_text())
+# --------------------------------------------------------------------------- readers
 
 
-def dataset_files(root: str | os.PathLike, run_id: str | None = None) -> list[str]:
-    base = run_dir(root, run_id) if run_id else Path(root)
-    return sorted(str(p) for p in base.glob("**/*.parquet") if not p.name.startswith("."))
+def _listing(root: str | Path, run_id: str | None) -> tuple[pafs.FileSystem, str, list[pafs.FileInfo]]:
+    """The root's filesystem and path, and the dataset's files (of one run, or all), sorted;
+    hidden and ``_`` names are skipped, as pyarrow's own discovery does."""
+    fs, base = open_root(root)
+    top = _run_path(base, run_id) if run_id else base
+    selector = pafs.FileSelector(top, recursive=True, allow_not_found=True)
+    infos = [i for i in fs.get_file_info(selector)
+             if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+             and not any(part.startswith((".", "_")) for part in posixpath.relpath(i.path, base).split("/"))]
+    return fs, base, sorted(infos, key=lambda i: i.path)
+
+
+def dataset_files(root: str | Path, run_id: str | None = None) -> list[str]:
+    """The dataset's Parquet files (paths inside the root's filesystem), sorted."""
+    return [i.path for i in _listing(root, run_id)[2]]
+
+
+def dataset_stats(root: str | Path, run_id: str) -> dict[str, int]:
+    """Rows, files and bytes of one run as written (rows from the files' footers)."""
+    fs, _, infos = _listing(root, run_id)
+    rows = ds.dataset([i.path for i in infos], filesystem=fs, format="parquet").count_rows() if infos else 0
+    return {"rows": rows, "files": len(infos), "bytes": sum(i.size for i in infos)}
 
 
 def read_table(
-    root: str | os.PathLike, run_id: str | None = None, columns: Iterable[str] | None = None
+    root: str | Path, run_id: str | None = None, columns: Iterable[str] | None = None
 ) -> pa.Table:
     """The dataset (or one run of it) as a table with ``run_id`` and ``worker`` columns."""
-    files = dataset_files(root, run_id)
+    fs, base, infos = _listing(root, run_id)
     part = ds.partitioning(PARTITIONING_SCHEMA, flavor="hive")
     schema = pa.unify_schemas([FILE_SCHEMA, PARTITIONING_SCHEMA])
-    dataset = ds.dataset(
-        files, schema=schema, format="parquet", partitioning=part, partition_base_dir=str(root)
-    )
+    dataset = ds.dataset([i.path for i in infos], schema=schema, format="parquet", partitioning=part,
+                         partition_base_dir=base, filesystem=fs)
     table = dataset.to_table(columns=list(columns) if columns else None)
     if "run" in table.column_names:
         table = table.rename_columns(["run_id" if c == "run" else c for c in table.column_names])
     return table
+
+
+# --------------------------------------------------------------------------- can a node write here?
+
+
+def write_probe(root: str | Path) -> str:
+    """Put a hidden probe file at the root for other nodes to find (see :func:`answer_probe`);
+    returns its name. Remove it with :func:`remove_probe`. Readers skip hidden names."""
+    fs, base = open_root(root)
+    name = f".rayprof-probe-{uuid.uuid4().hex}"
+    _put(fs, posixpath.join(base, name), name.encode())
+    return name
+
+
+def answer_probe(root: str | Path, name: str) -> dict:
+    """On another node: read the probe and write (then delete) a file beside it. ``{}`` when
+    that works, else ``{"problem": "cannot see <root>"}`` or ``{"problem": "cannot use <root> (<error>)"}``
+    (credentials masked)."""
+    shown = mask_url(str(root))
+    try:
+        fs, base = open_root(root)
+        path = posixpath.join(base, name)
+        if not _exists(fs, path) or _read(fs, path) != name.encode():
+            return {"problem": f"cannot see {shown}"}
+        reply = f"{path}-{uuid.uuid4().hex}"
+        _put(fs, reply, b"ok")
+        fs.delete_file(reply)
+    except OSError as e:
+        return {"problem": f"cannot use {shown} ({mask_text(str(e).splitlines()[0])})"}
+    return {}
+
+
+def remove_probe(root: str | Path, name: str) -> None:
+    fs, base = open_root(root)
+    _delete_quietly(fs, posixpath.join(base, name))

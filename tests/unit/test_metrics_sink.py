@@ -1,16 +1,21 @@
 """The schema, the row buffer, summaries with known answers, and the atomic dataset writer."""
 
 import json
+from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from rayprof.metrics import FILE_SCHEMA, SCHEMA_VERSION, RowBuffer, StepRecord, summarize
-from rayprof.sink import DatasetWriter, read_manifest, read_table, write_manifest
+from rayprof.errors import UserError
+from rayprof.sink import (DatasetWriter, answer_probe, dataset_files, dataset_stats, is_remote, read_manifest,
+                          read_table, remove_probe, resolve_root, run_dir, write_manifest, write_probe)
+from rayprof.source import mask_url
 
 IDENT = dict(replica=0, actor_id="w-0", model="resnet18", mode="inference", role="full", batch_size=4,
              node_id="n1", cores="0-1", amp=False, compiled=False)
@@ -97,20 +102,27 @@ def test_writer_partitions_and_every_reader(tmp_path):
     assert read_manifest(tmp_path, "run-1") == {"status": "completed"}
 
 
-def test_files_appear_whole_or_not_at_all(tmp_path, monkeypatch):
-    w = DatasetWriter(tmp_path, "r")
-    import rayprof.sink as sink
+class _FailingRename(pafs.FSSpecHandler):
+    """The local disk, except that a rename fails (a crash between write and rename)."""
 
-    def crash(tmp, final):
+    def move(self, src, dest):
         raise OSError("disk full")
 
-    monkeypatch.setattr(sink.os, "replace", crash)
-    with pytest.raises(OSError):
+
+def test_files_appear_whole_or_not_at_all(tmp_path):
+    import fsspec
+
+    fs = pafs.PyFileSystem(_FailingRename(fsspec.filesystem("file")))
+    w = DatasetWriter(str(tmp_path), "r", filesystem=fs)
+    with pytest.raises(OSError, match="disk full"):
         w.write("a", "a-0", batch_of(range(3)))
-    monkeypatch.undo()
+    with pytest.raises(OSError, match="disk full"):
+        w.put_file("torch", "t.json", b"{}")
     # no partial file, not even the hidden temp one: readers see an empty, valid dataset
     assert list((tmp_path / "run=r" / "worker=a").iterdir()) == []
+    assert list((tmp_path / "run=r" / "_profiles" / "torch").iterdir()) == []
     assert read_table(tmp_path, "r").num_rows == 0
+    assert w.stats() == {"rows": 0, "files": 0, "bytes": 0}
 
 
 def test_rewriting_a_sequence_number_replaces_the_file(tmp_path):
@@ -139,3 +151,56 @@ def test_manifest_write_is_atomic(tmp_path):
     d = tmp_path / "run=r"
     assert json.loads((d / "_manifest.json").read_text()) == {"a": 2}
     assert [p.name for p in d.iterdir()] == ["_manifest.json"]
+
+
+def test_a_file_uri_root_is_the_same_dataset(tmp_path):
+    """Everything works through a URI root (pyarrow's filesystems), not only through paths."""
+    uri = f"file://{tmp_path}/out"
+    w = DatasetWriter(uri, "r")
+    w.write("a", "a-0", batch_of(range(4)))
+    w.write("a", "a-0", batch_of(range(4, 6)))
+    art = w.put_file("torch", "a-0.pt.trace.json.gz", b"trace")
+    write_manifest(uri, "r", {"status": "completed"})
+    assert read_manifest(uri, "r") == {"status": "completed"}
+    assert sorted(read_table(uri, "r").column("step").to_pylist()) == list(range(6))
+    assert dataset_files(uri, "r") == dataset_files(tmp_path / "out", "r")  # one dataset, two spellings
+    assert len(dataset_files(uri)) == 2
+    assert dataset_stats(uri, "r") == w.stats() and w.stats()["rows"] == 6
+    assert (tmp_path / "out" / "run=r" / "_profiles" / "torch" / "a-0.pt.trace.json.gz").read_bytes() == b"trace"
+    assert art.endswith("run=r/_profiles/torch/a-0.pt.trace.json.gz")
+    assert run_dir(uri, "r") == f"file://{tmp_path}/out/run=r"
+    assert not is_remote(uri) and is_remote("s3://b/p") and not is_remote(str(tmp_path))
+
+
+def test_stats_come_from_the_files_as_written(tmp_path):
+    w = DatasetWriter(tmp_path, "r")
+    w.write("a", "a-0", batch_of(range(3)))
+    w.write("b", "b-0", batch_of(range(5), ident={**IDENT, "actor_id": "b-0"}))
+    w.put_file("torch", "x.json", b"{}")  # not part of the dataset
+    write_manifest(tmp_path, "r", {})
+    assert dataset_stats(tmp_path, "r") == w.stats() == {"rows": 8, "files": 2, "bytes": w.bytes}
+    assert dataset_stats(tmp_path, "missing") == {"rows": 0, "files": 0, "bytes": 0}
+
+
+def test_uri_credentials_stay_masked_and_in_place():
+    uri = "s3://AKIDEXAMPLE:wJalrSECRET@bucket/runs?endpoint_override=127.0.0.1:9000&secret_key=wJalrSECRET"
+    d = run_dir(uri, "r1")
+    assert d.startswith("s3://AKIDEXAMPLE:wJalrSECRET@bucket/runs/run=r1?endpoint_override=")  # usable
+    assert "SECRET" not in mask_url(d) and "run=r1" in mask_url(d)
+    assert resolve_root(uri) == uri and resolve_root("relative") == str(Path("relative").resolve())
+    with pytest.raises(UserError, match="output") as e:
+        DatasetWriter("nosuchfs://AKIDEXAMPLE:wJalrSECRET@bucket/x", "r")
+    assert "SECRET" not in e.value.message
+
+
+def test_a_probe_is_seen_only_where_the_folder_is_shared(tmp_path):
+    shared, elsewhere = tmp_path / "shared", tmp_path / "elsewhere"
+    name = write_probe(str(shared))
+    assert answer_probe(str(shared), name) == {}  # a node that sees the folder: finds it, writes beside it
+    assert answer_probe(str(elsewhere), name) == {"problem": f"cannot see {elsewhere}"}  # its path is another folder
+    (elsewhere / name).mkdir(parents=True)  # there, but not the probe file
+    assert answer_probe(str(elsewhere), name)["problem"].startswith(f"cannot use {elsewhere} (")
+    assert [p.name for p in shared.iterdir()] == [name]  # the answer was cleaned up
+    remove_probe(str(shared), name)
+    assert list(shared.iterdir()) == []
+    assert read_table(shared).num_rows == 0
