@@ -34,6 +34,7 @@ from .errors import UserError
 from .markers import mark
 from .metrics import RowBuffer, StepRecord
 from .plan import WorkerPlan
+from .profiling import tracer_for
 from .timing import Clock, StageTimer, WallClock, cuda_sync_for
 
 Emit = Callable[[pa.RecordBatch], None]
@@ -104,6 +105,7 @@ class WorkerResult:
     identity: dict = field(default_factory=dict)
     source_stats: dict = field(default_factory=dict)
     model_info: dict = field(default_factory=dict)
+    artifacts: list[str] = field(default_factory=list)  # profiler files, relative to the run's folder
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,6 +190,7 @@ class StreamWorker:
         self._status = "created"
         self._t_run0: float | None = None
         self._setup_s = 0.0
+        self._tracer = tracer_for(plan, self._emit)  # profile.torch, or a no-op
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -270,6 +273,7 @@ class StreamWorker:
             self.setup()
             self._status = "running"
             self._t_run0 = self._clock()
+            self._tracer.start()
             result.ended_by = self._loop()
             result.status = "stopped" if result.ended_by == "stop" else "completed"
         except BaseException as e:  # noqa: BLE001 - reported, not swallowed
@@ -282,6 +286,7 @@ class StreamWorker:
             if isinstance(e, KeyboardInterrupt):
                 result.status, result.ended_by = "stopped", "stop"
         finally:
+            result.artifacts = self._tracer.stop()  # exports a partial active cycle; never raises
             try:
                 self._flush()
                 self._emit.drain()  # every batch confirmed before run() returns
@@ -314,6 +319,7 @@ class StreamWorker:
         batch_size, max_steps, warmup_steps, flush_s = p.batch_size, p.max_steps, p.warmup_steps, p.flush_interval_s
         labels_gen = torch.Generator().manual_seed(p.seed + p.replica)
         make_labels = self.runner.make_labels if p.mode == "retrain" else None
+        profile_step = self._tracer.step  # a no-op without profile.torch
         last_flush = clock()
         step = 0
         while True:
@@ -345,6 +351,7 @@ class StreamWorker:
             step += 1
             self._steps = step
             self._frames += n
+            profile_step()
             if len(self.buffer) >= MAX_BUFFERED_ROWS or clock() - last_flush >= flush_s:
                 self._flush()
                 last_flush = clock()
