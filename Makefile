@@ -26,6 +26,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/instrumentation_overhead.py
+	$(PY) benchmarks/sink_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

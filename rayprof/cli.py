@@ -49,40 +49,63 @@ _set = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
 @click.option("--address", default=None, help="Ray cluster address (auto, host:port, ray://host:10001). "
               "Default: spec `address`, then RAY_ADDRESS, then an embedded local Ray.")
 @click.option("--output", default=None, help="Dataset root (overrides the spec's `output`).")
+@click.option("--nsys", is_flag=True, help="Run every worker under Nsight Systems (profile.nsys with its defaults "
+              "where a worker sets none); the reports land in run=<id>/_profiles/nsys/.")
 @_user_errors
-def submit(spec_path: str, overrides: tuple[str, ...], address: str | None, output: str | None) -> int:
+def submit(spec_path: str, overrides: tuple[str, ...], address: str | None, output: str | None, nsys: bool) -> int:
     """Run the fleet in SPEC on Ray: one actor per worker replica."""
     from .spec import load_fleet
 
     spec = load_fleet(spec_path, list(overrides), output=output)
+    if nsys:
+        spec = _with_nsys(spec)
     from . import fleet
 
     return fleet.submit(spec, address=address)
+
+
+def _with_nsys(spec):
+    """``--nsys``: ``profile.nsys`` with its defaults on every worker that has none."""
+    from .spec import NsysSpec
+
+    on = [w if w.profile.nsys else w.model_copy(update={"profile": w.profile.model_copy(update={"nsys": NsysSpec()})})
+          for w in spec.workers]
+    return spec.model_copy(update={"workers": on})
 
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @_set
 @click.option("--remote", is_flag=True, help="The workers run on a cluster: skip the checks of local files, cores and GPUs.")
+@click.option("--address", default=None, help="Plan on this running Ray cluster (auto, host:port, ray://host:10001): "
+              "shows each actor's node and cores as submit would place them, starting nothing.")
 @_user_errors
-def validate(spec_path: str, overrides: tuple[str, ...], remote: bool) -> int:
+def validate(spec_path: str, overrides: tuple[str, ...], remote: bool, address: str | None) -> int:
     """Check SPEC without starting anything and print the resolved plan."""
     from rich.table import Table
 
     from . import driver
     from .plan import make_run_id
+    from .source import mask_url
     from .spec import load_fleet
 
     spec = load_fleet(spec_path, list(overrides))
-    driver.preflight(spec, local=not remote)
-    if remote:  # the cluster's cores and GPUs are not known here: cores checked for syntax only
+    labels: dict[str, str] = {}
+    if address:
+        from . import fleet
+
+        plans, labels = fleet.plan_on_cluster(spec, address)
+    elif remote:  # the cluster's cores and GPUs are not known here: cores checked for syntax only
         from .plan import plan_fleet
 
+        driver.preflight(spec, local=False)
         plans = plan_fleet(spec, make_run_id(spec.run), cores_available=None, cuda_available=False)
     else:
+        driver.preflight(spec, local=True)
         plans = driver.local_plans(spec, make_run_id(spec.run))
-    rows = [driver.plan_row(p) for p in plans]
-    table = Table(box=None, header_style="bold", title=f"{spec_path}: {len(plans)} actor(s), output {spec.output}/")
+    rows = [{**({"node": labels.get(p.node_id, "-")} if address else {}), **driver.plan_row(p)} for p in plans]
+    table = Table(box=None, header_style="bold",
+                  title=f"{spec_path}: {len(plans)} actor(s), output {mask_url(spec.output)}/")
     for col in rows[0]:
         table.add_column(col)
     for r in rows:

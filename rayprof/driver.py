@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pandas as pd
 
@@ -21,7 +20,7 @@ from . import __version__
 from .errors import UserError
 from .metrics import SCHEMA_VERSION, summarize
 from .plan import WorkerPlan, make_run_id, plan_fleet
-from .sink import DatasetWriter, read_table, run_dir, write_manifest
+from .sink import DatasetWriter, read_table, resolve_root, run_dir, write_manifest
 from .spec import FleetSpec
 from .sysinfo import host_info
 
@@ -77,7 +76,7 @@ def masked_spec(spec: FleetSpec) -> dict:
 
     def walk(node):
         if isinstance(node, dict):
-            return {k: (mask_url(v) if k == "uri" and isinstance(v, str) else walk(v)) for k, v in node.items()}
+            return {k: (mask_url(v) if k in ("uri", "output") and isinstance(v, str) else walk(v)) for k, v in node.items()}
         if isinstance(node, list):
             return [walk(x) for x in node]
         return node
@@ -112,9 +111,9 @@ class Manifest:
     """The run's ``_manifest.json``, rewritten atomically at start and at the end."""
 
     def __init__(self, root: str | os.PathLike, run_id: str, spec: FleetSpec, plans: list[WorkerPlan], mode: str):
-        from .source import mask_text
+        from .source import mask_text, mask_url
 
-        self.root, self.run_id = Path(root), run_id
+        self.root, self.run_id = root, run_id
         self.t0 = time.time()
         self.data = {
             "manifest_version": 1,
@@ -133,7 +132,7 @@ class Manifest:
             "nodes": {},
             "spec": masked_spec(spec),
             "actors": {p.actor_id: {"plan": plan_row(p), "status": "pending"} for p in plans},
-            "dataset": {"root": str(self.root.resolve()), "path": str(run_dir(self.root, run_id).resolve())},
+            "dataset": {"root": mask_url(resolve_root(root)), "path": mask_url(run_dir(root, run_id))},
         }
         self.write()
 
@@ -188,8 +187,9 @@ def print_table(con, table) -> None:
 class ProgressView:
     """Live per-actor progress: a rich table on a terminal, plain lines otherwise."""
 
-    def __init__(self, plans: list[WorkerPlan], interval_s: float | None = None):
+    def __init__(self, plans: list[WorkerPlan], interval_s: float | None = None, node_labels: dict | None = None):
         self.plans = {p.actor_id: p for p in plans}
+        self.nodes = {p.actor_id: (node_labels or {}).get(p.node_id) for p in plans}  # where placement put it
         self.tty = sys.stdout.isatty()
         self.interval_s = interval_s if interval_s is not None else (0.5 if self.tty else 5.0)
         self.t0 = time.monotonic()
@@ -212,9 +212,12 @@ class ProgressView:
         for aid, p in self.plans.items():
             pr = self.latest.get(aid, {})
             limit = f"/{p.max_steps}" if p.max_steps else ""
-            t.add_row(aid, str(pr.get("node_ip") or "-"), str(pr.get("cores") or "-"), pr.get("status", "pending"),
+            t.add_row(aid, self._node(aid, pr), str(pr.get("cores") or "-"), pr.get("status", "pending"),
                       f"{pr.get('steps', 0)}{limit}", str(pr.get("frames", 0)), f"{pr.get('fps', 0.0):.1f}")
         return t
+
+    def _node(self, aid: str, pr: dict) -> str:
+        return str(self.nodes.get(aid) or pr.get("node_ip") or "-")
 
     def update(self, progress: Iterable[dict]) -> None:
         for pr in progress:
@@ -233,7 +236,7 @@ class ProgressView:
                 limit = self.plans[aid].max_steps if aid in self.plans else 0
                 steps = f"{pr.get('steps', 0)}/{limit}" if limit else f"{pr.get('steps', 0)}"
                 print(f"[{now - self.t0:6.1f}s] {aid:<24} {pr.get('status', ''):<9} step {steps:>9} "
-                      f"{pr.get('fps', 0.0):8.1f} fps", flush=True)
+                      f"{pr.get('fps', 0.0):8.1f} fps  {self._node(aid, pr)}", flush=True)
 
     def close(self) -> None:
         if self._live is not None:
@@ -253,7 +256,7 @@ def summary_table(df: pd.DataFrame, statuses: dict[str, str] | None = None):
     for col, right in (("worker", False), ("status", False), ("nodes", False), ("steps", True), ("frames", True),
                        ("FPS", True), ("stage", False), ("mean ms", True), ("p50", True), ("p90", True), ("p99", True)):
         t.add_column(col, justify="right" if right else "left")
-    nodes = df.groupby("worker")["node_ip"].agg(lambda s: ",".join(sorted(set(map(str, s))))) if not df.empty else {}
+    nodes = df.assign(node=node_names(df)).groupby("worker")["node"].agg(lambda s: ",".join(sorted(set(s)))) if not df.empty else {}
     for _, row in summary.iterrows():
         w = row["worker"]
         stages = [s for s in ("read", "prep", "exec", "transfer", "total") if pd.notna(row.get(f"{s}_mean"))]
@@ -273,16 +276,39 @@ def summary_table(df: pd.DataFrame, statuses: dict[str, str] | None = None):
     return t
 
 
+def node_names(df: pd.DataFrame) -> pd.Series:
+    """A display name per row's node: its IP, plus the start of the Ray node id where several
+    nodes share an IP (a simulated cluster on one host)."""
+    ids_per_ip = df.groupby("node_ip")["node_id"].nunique()
+    shared = df["node_ip"].map(ids_per_ip).fillna(1) > 1
+    ip = df["node_ip"].astype(str)
+    return ip.where(~shared, ip + " [" + df["node_id"].astype(str).str[:8] + "]")
+
+
 def print_summary(root: str | os.PathLike, run_id: str, statuses: dict[str, str], header: str) -> pd.DataFrame:
     """Read the run back from the dataset (what was written is what is reported) and print."""
+    from .source import mask_url
+
     con = console()
     con.print(header)
     df = read_table(root, run_id).to_pandas()
     print_table(con, summary_table(df, statuses))
     n_warm = int(df["warmup"].sum())
     con.print(f"FPS = frames / wall-clock span; latencies in ms; {n_warm} warm-up step(s) excluded. "
-              f"Dataset: {run_dir(root, run_id)}")
+              f"Dataset: {mask_url(run_dir(root, run_id))}")
     return df
+
+
+def first_step_after(root: str | os.PathLike, run_id: str, since: float) -> float | None:
+    """Seconds from ``since`` (wall clock) to the start of the run's first step, from the rows."""
+    import pyarrow.compute as pc
+
+    try:
+        t = read_table(root, run_id, columns=["t_start"]).column("t_start")
+    except (OSError, ValueError):
+        return None
+    first = pc.min(t).as_py() if len(t) else None
+    return None if first is None else max(0.0, first.timestamp() - since)
 
 
 def worker_statuses(results: dict[str, dict], plans: list[WorkerPlan]) -> dict[str, str]:
@@ -374,5 +400,5 @@ def print_failures(results: dict[str, dict]) -> None:
 
 def _actor_fields(result: dict) -> dict:
     keep = ("status", "ended_by", "error", "steps", "frames", "rows_emitted", "setup_s", "run_s",
-            "identity", "source_stats", "model_info", "traceback")
+            "identity", "source_stats", "model_info", "traceback", "artifacts")
     return {k: result.get(k) for k in keep}

@@ -1,8 +1,9 @@
 """Connect, plan, place, run, collect: the body of ``rayprof submit``.
 
-connect (``--address`` / spec ``address`` / ``RAY_ADDRESS`` / an embedded local Ray) → a sink
-actor on the driver's node → one ``StreamWorker`` actor per plan → live progress → results,
-failures and the manifest → an exit code.
+connect (``--address`` / spec ``address`` / ``RAY_ADDRESS`` / an embedded local Ray) → node
+inventory and placement (``rayprof.placement``) → the sink (an actor on the driver's node, or
+direct writes) → one ``StreamWorker`` actor per plan, pinned to its node → live progress →
+results, failures, profiler traces and the manifest → an exit code.
 """
 
 from __future__ import annotations
@@ -10,20 +11,19 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import ray
 from ray.exceptions import RayActorError, RayError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .. import driver
-from ..errors import UserError
 from ..plan import WorkerPlan, make_run_id, plan_fleet
-from ..source import mask_text
+from ..sink import resolve_root, run_dir
+from ..source import mask_text, mask_url
 from ..spec import FleetSpec
-from ..sysinfo import host_info
-from ..worker import StreamWorker
-from ._sink import SinkEmitter, SinkService
+from . import _nsight
+from ._connect import connect
+from ._nodes import inventory, node_labels, pinned
+from ._sink import RunSink, nodes_to_probe, resolve_mode
 
 STOP_GRACE_S = 30.0
 POLL_S = 0.5
@@ -38,31 +38,15 @@ def ray_context() -> dict:
             "hostname": socket.gethostname()}
 
 
-def node_info() -> dict:
-    return {"node_id": ray.get_runtime_context().get_node_id(), **host_info()}
-
-
-def _connect(address: str | None) -> bool:
-    """Connect to a cluster, or start an embedded one. Returns True when embedded."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():  # a caller (a notebook, a test) already connected: use that
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
-    if address:
-        try:
-            ray.init(address=address, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise UserError("address", address, f"cannot connect to a Ray cluster there ({str(e).splitlines()[0]})",
-                            "start one with `ray start --head`, fix the address, or leave it unset for an embedded local Ray") from None
-        return False
-    ray.init(num_cpus=os.cpu_count(), **kwargs)
-    return True
-
-
 def _actor_options(plan: WorkerPlan, run_id: str) -> dict:
-    return dict(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_concurrency=3,
-                name=f"rayprof:{run_id}:{plan.actor_id}", max_restarts=0)
+    """Exactly what placement decided: the node (hard affinity), CPUs, GPUs, custom resources."""
+    opts = dict(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, resources=dict(plan.resources),
+                max_concurrency=3, name=f"rayprof:{run_id}:{plan.actor_id}", max_restarts=0)
+    if plan.node_id:
+        opts["scheduling_strategy"] = pinned(plan.node_id)
+    if nsight := _nsight.runtime_env_for(plan):  # profile.nsys: Ray runs the actor under nsys
+        opts["runtime_env"] = {**opts.get("runtime_env", {}), **nsight}
+    return opts
 
 
 def _for_ray(plan: WorkerPlan) -> WorkerPlan:
@@ -78,27 +62,28 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
 
-def check_feasible(plans: list[WorkerPlan], resources: dict) -> None:
-    """Fail in seconds, naming the cluster's resources, instead of Ray's silent wait forever."""
-    have_cpu, have_gpu = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
-    want_cpu = sum(p.num_cpus for p in plans)
-    want_gpu = sum(p.num_gpus for p in plans)
-    cluster = f"the cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs"
-    cuda = [p for p in plans if "cuda" in (str(p.exec_device) + str(p.prep_device))]
-    if cuda and have_gpu == 0:
-        raise UserError(f"{cuda[0].field}.device", cuda[0].exec_device, f"asks for a GPU but {cluster}",
-                        "run on the CPU (device: cpu, prep.device: cpu) or add GPU nodes")
-    if want_gpu > have_gpu + 1e-9:
-        raise UserError("workers", f"{want_gpu:g} GPUs", f"are more than {cluster}", "use fewer replicas or GPU workers")
-    if want_cpu > have_cpu + 1e-9:
-        raise UserError("workers", f"{want_cpu:g} CPUs", f"are more than {cluster}",
-                        "use fewer replicas, smaller core sets, or cores: auto")
+def _plan(spec: FleetSpec, run_id: str, embedded: bool, checked: bool) -> tuple[list[WorkerPlan], dict, dict]:
+    """Inventory the connected cluster and place the fleet on it; raises UserError for what
+    could never run. ``checked``: the local pre-flight already ran."""
+    nodes, facts = inventory(embedded=embedded)
+    here = next((n for n in nodes if n.is_driver), None)
+    if not checked:  # files, devices and sources are checked here when every node is this host
+        driver.preflight(spec, local=bool(here) and all(n.ip == here.ip for n in nodes))
+    plans = plan_fleet(spec, run_id, nodes=nodes)
+    _nsight.preflight(plans)  # profile.nsys: nsys on every node that may host such an actor
+    return plans, node_labels(nodes), facts
 
 
-def _single_local_node() -> bool:
-    """True when the connected cluster is this machine alone (a `ray.init()` in a notebook)."""
-    alive = [n for n in ray.nodes() if n.get("Alive")]
-    return len(alive) == 1 and alive[0].get("NodeID") == ray.get_runtime_context().get_node_id()
+def plan_on_cluster(spec: FleetSpec, address: str | None) -> tuple[list[WorkerPlan], dict[str, str]]:
+    """``rayprof validate --address``: the placement a submit would use now, starting nothing."""
+    address = address or spec.address
+    started = connect(address, spec)
+    try:
+        plans, labels, _facts = _plan(spec, make_run_id(spec.run), embedded=started, checked=False)
+        return plans, labels
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def submit(spec: FleetSpec, address: str | None = None) -> int:
@@ -108,45 +93,37 @@ def submit(spec: FleetSpec, address: str | None = None) -> int:
     if embedded:  # bad input fails before a local Ray is started
         driver.preflight(spec, local=True)
     run_id = make_run_id(spec.run)
-    root = str(Path(spec.output).resolve())
-    t_submit = time.monotonic()
-    started = _connect(address)
+    root = resolve_root(spec.output)
+    t_submit = time.time()  # wall clock: compared with the rows' t_start
+    started = connect(address, spec)
     try:
-        local = embedded or _single_local_node()
-        if not embedded:
-            driver.preflight(spec, local=local)
-        if local:
-            plans = driver.local_plans(spec, run_id)
-        else:  # the nodes' cores are not known here: explicit sets are checked on the node
-            gpus = float(ray.cluster_resources().get("GPU", 0))
-            plans = plan_fleet(spec, run_id, cores_available=None, cuda_available=gpus > 0, gpus=gpus)
-        check_feasible(plans, ray.cluster_resources())
+        plans, labels, facts = _plan(spec, run_id, embedded=started, checked=embedded)
+        sink = RunSink(resolve_mode(spec), root, run_id,  # direct: every actor's node must see the output
+                       probe=nodes_to_probe(plans, labels, ray.get_runtime_context().get_node_id()))
         manifest = driver.Manifest(root, run_id, spec, plans, mode="ray-embedded" if started else "ray")
+        manifest.data["dataset"]["sink"] = sink.mode
         where = "embedded" if started else mask_text(address or os.environ.get("RAY_ADDRESS") or "connected")
         manifest.data["ray"] = {"address": where, "cluster_resources": ray.cluster_resources()}
-        return _run(plans, run_id, root, manifest, t_submit)
+        manifest.data["nodes"] = facts
+        for p in plans:
+            manifest.actor(p.actor_id, node_id=p.node_id, node=labels.get(p.node_id))
+        return _run(plans, run_id, root, manifest, t_submit, labels, sink)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run(plans, run_id, root, manifest, t_submit) -> int:
+def _run(plans, run_id, root, manifest, t_submit, labels: dict[str, str], sink: RunSink) -> int:
     con = driver.console()
-    here = ray.get_runtime_context().get_node_id()
-    sink = ray.remote(SinkService).options(
-        num_cpus=0, name=f"rayprof:{run_id}:sink",
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
-    ).remote(root, run_id)
-    Remote = ray.remote(StreamWorker)
+    Remote = ray.remote(_nsight.GracefulWorker)
     actors = {p.actor_id: Remote.options(**_actor_options(p, run_id)).remote(
-        _for_ray(p), SinkEmitter(sink, p.worker, p.actor_id), context=ray_context) for p in plans}
+        _for_ray(p), sink.emitter(p), context=ray_context) for p in plans}
     res = ray.cluster_resources()
     con.print(f"rayprof submit {run_id}: {len(plans)} actor(s) on Ray ({res.get('CPU', 0):g} CPUs, "
-              f"{res.get('GPU', 0):g} GPUs) → {Path(root) / ('run=' + run_id)}")
+              f"{res.get('GPU', 0):g} GPUs) → {mask_url(run_dir(root, run_id))}")
     pending = {actors[aid].run.remote(): aid for aid in actors}
     results: dict[str, dict] = {}
-    view = driver.ProgressView(plans)
-    first_step_s = None
+    view = driver.ProgressView(plans, node_labels=labels)
     stop_deadline = None
 
     def finish_actor(aid: str, result: dict) -> None:
@@ -183,8 +160,6 @@ def _run(plans, run_id, root, manifest, t_submit) -> int:
                         progress.append(ray.get(ref))
                     except RayError:
                         pass
-                if first_step_s is None and any(pr.get("steps", 0) > 0 for pr in progress):
-                    first_step_s = time.monotonic() - t_submit
                 view.update(progress)
                 if stop_deadline is not None and time.monotonic() > stop_deadline:
                     raise KeyboardInterrupt  # the grace period is over
@@ -195,14 +170,12 @@ def _run(plans, run_id, root, manifest, t_submit) -> int:
         pending.clear()
         stop_deadline = stop_deadline or time.monotonic()
     view.close()
-    try:
-        sink_stats = ray.get(sink.stats.remote(), timeout=30)
-    except RayError as e:
-        sink_stats = {"error": _error_text(e)}
-    manifest.data["nodes"] = _node_infos(results)
+    _nsight.collect_reports(plans, actors, results, root, run_id, manifest)  # profile.nsys: every .nsys-rep
+    sink_stats = sink.finish()
     status, code = driver.run_status(results.values())
     if stop_deadline is not None and status == "completed":
         status, code = "stopped", driver.EXIT_FAILED
+    first_step_s = driver.first_step_after(root, run_id, t_submit)
     manifest.finish(status, code, dataset_stats=sink_stats,
                     timings={"submit_to_first_step_s": round(first_step_s, 3) if first_step_s else None})
     first = f"{first_step_s:.1f} s" if first_step_s else "never"
@@ -211,19 +184,3 @@ def _run(plans, run_id, root, manifest, t_submit) -> int:
                                 f"({len(plans)} actors; first step {first} after submit)")
     driver.print_failures(results)
     return code
-
-
-def _node_infos(results: dict[str, dict]) -> dict:
-    """System info from every node an actor ran on (one small task per node)."""
-    nodes: dict[str, dict] = {}
-    for r in results.values():
-        node_id = (r.get("identity") or {}).get("node_id")
-        if not node_id or node_id in nodes:
-            continue
-        try:
-            nodes[node_id] = ray.get(ray.remote(node_info).options(
-                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)).remote(),
-                timeout=60)
-        except RayError as e:
-            nodes[node_id] = {"error": _error_text(e)}
-    return nodes

@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -11,12 +10,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from tests.support.cli import rayprof_cmd
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def rayprof_cmd() -> list[str]:
-    script = Path(sys.executable).with_name("rayprof")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "rayprof.cli"]
 
 
 def rayprof(*args, cwd=REPO, timeout=600) -> subprocess.CompletedProcess:
@@ -141,3 +137,40 @@ def test_a_signal_stops_the_run_gracefully(sig, tmp_path):
     assert actor["status"] == "stopped" and actor["ended_by"] == "stop"
     df = pd.read_parquet(tmp_path / f"run={run_id}")
     assert sorted(df.step) == list(range(actor["steps"]))  # every executed step, once
+
+
+def test_sigterm_stops_every_actor_of_a_submitted_fleet(tmp_path):
+    """`rayprof submit` on an embedded Ray, SIGTERM mid-run: every actor stops after its step and
+    flushes, the manifest says stopped, exit 1, and the dataset holds every executed step once."""
+    import signal
+    import time
+
+    spec = tmp_path / "endless.yaml"
+    spec.write_text("flush_interval_s: 0.2\n"
+                    "defaults: {source: synthetic, model: mobilenet_v3_small, batch_size: 2, max_steps: 0,\n"
+                    "           prep: {size: 64}, device: cpu, warmup_steps: 1}\n"
+                    "workers: [{name: a}, {name: b}]\n")
+    out_dir = tmp_path / "out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(rayprof_cmd() + ["submit", str(spec), "--output", str(out_dir)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while {p.parent.name for p in out_dir.glob("run=*/worker=*/part-*.parquet")} != {"worker=a", "worker=b"}:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no rows from both actors within 240 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out + err
+    assert "SIGTERM: stopping every worker" in err and "Traceback" not in err
+    (run_id,) = runs_in(out_dir)
+    man = json.loads((out_dir / f"run={run_id}" / "_manifest.json").read_text())
+    assert man["status"] == "stopped" and man["exit_code"] == 1
+    df = pd.read_parquet(out_dir / f"run={run_id}")
+    for aid, actor in man["actors"].items():
+        assert actor["status"] == "stopped" and actor["ended_by"] == "stop", actor
+        assert sorted(df[df.actor_id == aid].step) == list(range(actor["steps"]))

@@ -115,16 +115,3 @@ def test_an_actor_killed_mid_run_keeps_its_flushed_rows(local_ray, small_video, 
     kept = sorted(df[df.worker == "victim"].step)
     assert kept and kept == list(range(len(kept)))  # a prefix of its steps, each once
     assert sorted(df[df.worker == "bystander"].step) == list(range(8))
-
-
-def test_impossible_requests_fail_fast_naming_the_cluster():
-    from rayprof.errors import UserError
-    from rayprof.fleet import check_feasible
-
-    from ..unit.fakes import make_plan
-
-    with pytest.raises(UserError, match="asks for a GPU but the cluster has 2 CPUs and 0 GPUs"):
-        check_feasible([make_plan(exec_device="cuda", num_gpus=1.0)], {"CPU": 2.0})
-    with pytest.raises(UserError, match="3 CPUs.*more than the cluster has 2 CPUs"):
-        check_feasible([make_plan(num_cpus=2.0), make_plan(num_cpus=1.0)], {"CPU": 2.0})
-    check_feasible([make_plan(num_cpus=0.5)] * 4, {"CPU": 2.0})
