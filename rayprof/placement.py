@@ -183,19 +183,21 @@ def assign_nodes(slots: list[Slot], nodes: list[Node]) -> list[int]:
     hosting: dict[str, Counter] = defaultdict(Counter)
     for slot in slots:
         ks = _candidates(slot, nodes)
-        if slot.spread:  # stable: node order breaks ties
-            ks = sorted(ks, key=lambda k: hosting[slot.worker][k])
         n_cores = 1 if slot.auto_cores else _count_cores(slot.cores_spec, nodes, ks)
         hard = [k for k in ks if ledger.hard_fits(k, slot)]
         if not hard:
             raise _unplaceable(slot, [nodes[k] for k in ks],
                                "does not fit: the resources or GPUs it needs are taken by the actors before it",
                                "use fewer replicas, smaller requests, or add nodes")
-        room = [k for k in hard if ledger.has_free_cores(k, n_cores)]
-        if slot.spread and room:
-            least = hosting[slot.worker][room[0]]
-            room = [k for k in room if hosting[slot.worker][k] == least] or room
-        k = room[0] if room else min(hard, key=lambda k: (ledger.actors[k] / max(nodes[k].cpus, 1), k))
+
+        def load(k: int) -> float:
+            return ledger.actors[k] / max(nodes[k].cpus, 1)
+
+        if slot.spread:  # a node without a replica of this worker first, even if its cores are taken
+            k = min(hard, key=lambda k: (hosting[slot.worker][k], not ledger.has_free_cores(k, n_cores), load(k), k))
+        else:
+            room = [k for k in hard if ledger.has_free_cores(k, n_cores)]
+            k = room[0] if room else min(hard, key=lambda k: (load(k), k))
         ledger.take(k, slot, n_cores)
         hosting[slot.worker][k] += 1
         out.append(k)

@@ -45,7 +45,7 @@ def _actor_options(plan: WorkerPlan, run_id: str) -> dict:
     if plan.node_id:
         opts["scheduling_strategy"] = pinned(plan.node_id)
     if nsight := _nsight.runtime_env_for(plan):  # profile.nsys: Ray runs the actor under nsys
-        opts["runtime_env"] = {**opts.get("runtime_env", {}), **nsight}
+        opts["runtime_env"] = nsight
     return opts
 
 

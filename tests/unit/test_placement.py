@@ -43,6 +43,11 @@ def test_spread_puts_replicas_on_different_nodes_while_there_are_nodes():
     out = placed(spec({"name": "a", "replicas": 4, "spread": True}))
     assert Counter(n for _a, n, _c in out) == {"01": 2, "02": 1, "03": 1}
     assert [n for _a, n, _c in out][:3] == ["01", "02", "03"]
+    # distinct nodes come before free cores: two one-CPU nodes are already busy, spread still spreads
+    small = [node(1, cpus=1, driver=True), node(2, cpus=1, cam=1), node(3, cpus=1, mic=1)]
+    out = placed(spec({"name": "c", "resources": {"cam": 1}}, {"name": "m", "resources": {"mic": 1}},
+                      {"name": "s", "replicas": 3, "spread": True}), small)
+    assert [n for a, n, _c in out if a.startswith("s-")] == ["01", "02", "03"]
 
 
 def test_custom_resources_choose_the_node_and_are_a_hard_limit():
