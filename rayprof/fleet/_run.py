@@ -90,9 +90,12 @@ def submit(spec: FleetSpec, address: str | None = None) -> int:
     """Run the fleet; returns the exit code (0 ok, 1 an actor failed or the run stopped)."""
     address = address or spec.address
     embedded = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
+    run_id = make_run_id(spec.run)
     if embedded:  # bad input fails before a local Ray is started
         driver.preflight(spec, local=True)
-    run_id = make_run_id(spec.run)
+        if not any(w.node for w in spec.workers):  # Ray names this machine's node by its own IP
+            driver.local_plans(spec, run_id)  # placement: custom resources, GPUs, cores
+
     root = resolve_root(spec.output)
     t_submit = time.time()  # wall clock: compared with the rows' t_start
     started = connect(address, spec)
