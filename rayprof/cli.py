@@ -194,6 +194,26 @@ def models(pattern: str | None) -> int:
     return 0
 
 
+@main.command("split-points")
+@click.argument("model_name", metavar="MODEL")
+@click.option("--size", type=click.IntRange(min=32), default=224, show_default=True,
+              help="Input height and width for the activation shapes.")
+@_user_errors
+def split_points(model_name: str, size: int) -> int:
+    """List where MODEL can be cut (model.split), with each activation's shape for one image."""
+    from .split import point_shapes
+
+    try:
+        rows = point_shapes(model_name, size, field="--size")
+    except UserError as e:  # name the argument the user typed, not the spec key behind it
+        if e.field != "model.name":
+            raise
+        raise UserError("MODEL", e.value, e.problem, e.fix) from None
+    width = max((len(point) for point, _ in rows), default=0)
+    click.echo("\n".join(f"{point:<{width}}  {shape}" for point, shape in rows))
+    return 0
+
+
 @main.command("sample-video")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--seconds", type=float, default=10.0, show_default=True)
