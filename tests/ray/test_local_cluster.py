@@ -7,6 +7,7 @@ connects from a child process so this test process's Ray state stays as it was.
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -47,7 +48,12 @@ def test_start_two_nodes_connect_and_stop(cluster_env):
     again = subprocess.run(["bash", str(SCRIPT), "start", "1"], env=env, capture_output=True, text=True, timeout=30)
     assert again.returncode != 0 and "already running" in again.stderr
 
-    status = subprocess.run(["bash", str(SCRIPT), "status"], env=env, capture_output=True, text=True, timeout=60)
+    # `ray status` shows the autoscaler's view, refreshed every few seconds: it may lag the GCS
+    for _ in range(12):
+        status = subprocess.run(["bash", str(SCRIPT), "status"], env=env, capture_output=True, text=True, timeout=60)
+        if status.returncode != 0 or "node1" in status.stdout:
+            break
+        time.sleep(5)
     assert status.returncode == 0 and "node1" in status.stdout, status.stdout + status.stderr
 
     stop = subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=60)
