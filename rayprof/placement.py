@@ -87,10 +87,8 @@ def _internal(resource: str) -> bool:
 class Slot:
     """One actor before placement: what it needs from a node."""
 
-    index: int  # position in spec order
     field: str  # workers[i]
     worker: str
-    replica: int
     cores_spec: str
     uses_cuda: bool
     gpus: float | None  # explicit per-actor GPUs, None = even split of the node's

@@ -103,7 +103,7 @@ def plan_fleet(
     for i, w in enumerate(spec.workers):
         exec_device, prep_device = resolve_auto(w.device, cuda_available), resolve_auto(w.prep.device, cuda_available)
         for r in range(w.replicas):
-            slots.append(Slot(index=len(slots), field=f"workers[{i}]", worker=w.name, replica=r, cores_spec=w.cores,
+            slots.append(Slot(field=f"workers[{i}]", worker=w.name, cores_spec=w.cores,
                               uses_cuda=any(d.startswith("cuda") for d in (exec_device, prep_device)),
                               gpus=w.gpus, resources=tuple(sorted(w.resources.items())), node=w.node, spread=w.spread))
             plans.append(_plan(spec, run_id, i, w, r, exec_device, prep_device))

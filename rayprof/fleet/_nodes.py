@@ -8,7 +8,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ..affinity import available_cores, parse_cores
+from ..affinity import ANY_CORE, available_cores, parse_cores
 from ..placement import Node
 from ..sysinfo import host_info
 
@@ -56,7 +56,7 @@ def inventory(embedded: bool) -> tuple[list[Node], dict[str, dict]]:
         info = facts.get(nid, {})
         cores = None
         if info.get("cores"):
-            cores = tuple(parse_cores(info["cores"], available_cores() if embedded else list(range(4096))))
+            cores = tuple(parse_cores(info["cores"], available_cores() if embedded else ANY_CORE))
         nodes.append(Node(nid, ip=n.get("NodeManagerAddress", "?"), hostname=n.get("NodeManagerHostname", "?"),
                           resources=dict(n.get("Resources", {})), cores=cores, is_driver=nid == here))
         info.update(ip=n.get("NodeManagerAddress"), resources=dict(n.get("Resources", {})))

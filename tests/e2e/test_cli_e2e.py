@@ -106,28 +106,35 @@ def test_bad_input_is_one_line_on_stderr(args, needle, tmp_path):
     assert res.stdout == ""
     assert not (tmp_path / "o").exists()
 
+def signal_once(proc, ready, sig, *, wait_s: float, what: str, end_s: float = 120) -> tuple[str, str]:
+    """Send ``sig`` to ``proc`` once ``ready()`` holds (the process must still run), then collect
+    its output; the process is killed if anything fails on the way."""
+    import time
+
+    try:
+        deadline = time.monotonic() + wait_s
+        while not ready():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, what
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        return proc.communicate(timeout=end_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_a_signal_stops_the_run_gracefully(sig, tmp_path):
     """Ctrl-C / SIGTERM: the worker stops after its step, flushes, and the manifest says stopped."""
     import signal
-    import time
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(rayprof_cmd() + ["run", "--model-name", "mobilenet_v3_small", "--input_path", "synthetic",
                                              "--batch-size", "2", "--max-steps", "0", "--output", str(tmp_path)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(tmp_path.glob("run=*/worker=*/part-*.parquet")):  # rows are being written
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no rows within 120 s"
-            time.sleep(0.2)
-        proc.send_signal(getattr(signal, sig))
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = signal_once(proc, lambda: list(tmp_path.glob("run=*/worker=*/part-*.parquet")),  # rows are written
+                           getattr(signal, sig), wait_s=120, what="no rows within 120 s")
     assert proc.returncode == 1, out + err
     assert "stopping every worker" in err and "Traceback" not in err
     (run_id,) = runs_in(tmp_path)
@@ -143,7 +150,6 @@ def test_sigterm_stops_every_actor_of_a_submitted_fleet(tmp_path):
     """`rayprof submit` on an embedded Ray, SIGTERM mid-run: every actor stops after its step and
     flushes, the manifest says stopped, exit 1, and the dataset holds every executed step once."""
     import signal
-    import time
 
     spec = tmp_path / "endless.yaml"
     spec.write_text("flush_interval_s: 0.2\n"
@@ -154,17 +160,9 @@ def test_sigterm_stops_every_actor_of_a_submitted_fleet(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(rayprof_cmd() + ["submit", str(spec), "--output", str(out_dir)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while {p.parent.name for p in out_dir.glob("run=*/worker=*/part-*.parquet")} != {"worker=a", "worker=b"}:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no rows from both actors within 240 s"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = signal_once(
+        proc, lambda: {p.parent.name for p in out_dir.glob("run=*/worker=*/part-*.parquet")} == {"worker=a", "worker=b"},
+        signal.SIGTERM, wait_s=240, what="no rows from both actors within 240 s", end_s=180)
     assert proc.returncode == 1, out + err
     assert "SIGTERM: stopping every worker" in err and "Traceback" not in err
     (run_id,) = runs_in(out_dir)
