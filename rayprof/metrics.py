@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: wait_ms and split_point (split models)
 
 _TS = pa.timestamp("ns", tz="UTC")
 
@@ -42,6 +42,7 @@ IDENTITY_FIELDS: list[pa.Field] = [
     pa.field("amp", pa.bool_()),
     pa.field("compiled", pa.bool_()),
     pa.field("sweep_point", pa.string()),
+    pa.field("split_point", pa.string()),
 ]
 
 STEP_FIELDS: list[pa.Field] = [
@@ -57,6 +58,7 @@ STEP_FIELDS: list[pa.Field] = [
     pa.field("dropped_frames", pa.int32()),
     pa.field("frame_age_ms", pa.float64()),
     pa.field("loss", pa.float64()),
+    pa.field("wait_ms", pa.float64()),
 ]
 
 FILE_SCHEMA = pa.schema(
@@ -67,7 +69,7 @@ FILE_SCHEMA = pa.schema(
 PARTITION_FIELDS = [pa.field("run", pa.string()), pa.field("worker", pa.string())]
 PARTITIONING_SCHEMA = pa.schema(PARTITION_FIELDS)
 
-STAGES = ("read", "prep", "exec", "transfer", "total")
+STAGES = ("read", "prep", "exec", "transfer", "wait", "total")
 PERCENTILES = (50, 90, 95, 99, 99.9)
 
 _STEP_NAMES = [f.name for f in STEP_FIELDS]
@@ -89,6 +91,7 @@ class StepRecord:
     dropped_frames: int = 0
     frame_age_ms: float | None = None
     loss: float | None = None
+    wait_ms: float | None = None
 
 
 class RowBuffer:
@@ -121,6 +124,7 @@ class RowBuffer:
         c[9].append(r.dropped_frames)
         c[10].append(r.frame_age_ms)
         c[11].append(r.loss)
+        c[12].append(r.wait_ms)
 
     def to_batch(self) -> pa.RecordBatch:
         """All buffered rows as one RecordBatch with FILE_SCHEMA; the buffer is emptied."""
@@ -188,3 +192,61 @@ def _stats(values: np.ndarray) -> list[float]:
     if values.size == 0:
         return [float("nan")] * (1 + len(PERCENTILES))
     return [float(values.mean())] + [float(v) for v in np.percentile(values, PERCENTILES)]
+
+
+# --------------------------------------------------------------------------- split pairs
+
+#: batch columns (see :func:`batches`) → the stage names the final table shows
+BATCH_STAGES = {"read": "read", "prep": "prep", "exec": "exec", "head": "exec (head)", "transfer": "transfer",
+                "tail": "exec (tail)", "head_wait": "wait (head)", "tail_wait": "wait (tail)", "total": "total"}
+
+
+def batches(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per batch, end to end, whatever ran it.
+
+    Rows of role ``full`` and ``split`` are batches already (``split``: ``exec_ms`` is both
+    halves, ``transfer_ms`` the move between devices). A pair's ``head`` and ``tail`` rows are
+    joined on (run, pair, sweep point, step): ``head_ms``/``tail_ms`` are the halves' compute,
+    ``transfer_ms`` is both sides of the transfer (the head's serialise/put plus the tail's
+    fetch/deserialise/copy), ``head_wait_ms`` the head blocked on a full window (the tail is
+    behind), ``tail_wait_ms`` the tail idle (the head is behind), and ``total_ms`` the
+    end-to-end latency from the head's step start to the tail's end (wall clocks: across nodes
+    it is as good as their clock sync). ``t_start`` is the head's, so :func:`summarize` over
+    these rows gives the pair's throughput of finished batches. A head row without its tail
+    row (a run cut short) is left out.
+    """
+    if df.empty:
+        return df.assign(head_ms=[], tail_ms=[], head_wait_ms=[], tail_wait_ms=[])
+    role = df["role"]
+    whole = df[~role.isin(["head", "tail"])].assign(head_ms=np.nan, tail_ms=np.nan, head_wait_ms=np.nan,
+                                                       tail_wait_ms=np.nan)
+    head, tail = df[role == "head"], df[role == "tail"]
+    if head.empty or tail.empty:
+        return whole
+    keys = [k for k in ("run_id", "pair_id", "sweep_point", "step") if k in df]
+    cols = keys + ["t_start", "total_ms", "exec_ms", "transfer_ms", "wait_ms", "frames", "loss", "node_ip", "node_id"]
+    joined = head.merge(tail[[c for c in cols if c in tail]], on=keys, how="inner", suffixes=("", "_tail"))
+    end_ns = joined["t_start_tail"].astype("int64") + (joined["total_ms_tail"] * 1e6).astype("int64")
+    pairs = joined.assign(
+        role="pair", head_ms=joined["exec_ms"], tail_ms=joined["exec_ms_tail"], exec_ms=np.nan,
+        transfer_ms=joined["transfer_ms"].fillna(0) + joined["transfer_ms_tail"].fillna(0),
+        head_wait_ms=joined["wait_ms"], tail_wait_ms=joined["wait_ms_tail"], wait_ms=np.nan,
+        total_ms=(end_ns - joined["t_start"].astype("int64")) / 1e6,
+        frames=joined["frames_tail"], loss=joined["loss_tail"])
+    pairs = pairs[[c for c in whole.columns if c in pairs]]
+    return pd.concat([whole, pairs], ignore_index=True) if not whole.empty else pairs.reset_index(drop=True)
+
+
+def sweep_verdicts(summary: pd.DataFrame, sweeping: Iterable[str]) -> list[dict]:
+    """For each worker in ``sweeping``, the split point with the lowest median end-to-end
+    latency and the one with the highest throughput, from a per (worker, split point) summary
+    of :func:`batches`."""
+    out = []
+    for worker in sweeping:
+        rows = summary[summary["worker"] == worker].dropna(subset=["total_p50"])
+        if len(rows) < 2:
+            continue
+        fast, busy = rows.loc[rows["total_p50"].idxmin()], rows.loc[rows["fps"].idxmax()]
+        out.append({"worker": worker, "lowest_latency": fast["point"], "latency_p50_ms": float(fast["total_p50"]),
+                    "highest_throughput": busy["point"], "fps": float(busy["fps"])})
+    return out

@@ -240,6 +240,68 @@ def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def _load(name: str, mode: str, weights: str | None, num_classes: int | None, field_prefix: str) -> nn.Module:
+    """The torchvision model with ``weights`` (None: random values) loaded; errors name the field."""
+    field = f"{field_prefix}.weights"
+    local = weights is not None and is_local_path(weights)
+    if weights is not None and not local:  # may download into the torch hub cache
+        return torchvision.models.get_model(name, weights=weights_enum_member(name, weights, field))
+    kwargs = {"num_classes": num_classes} if num_classes and mode == "inference" else {}
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    if weights is None:
+        return model
+    try:
+        state = load_state_dict_file(weights)
+    except Exception as exc:  # unreadable file: the user's mistake, said in one line
+        raise UserError(field, weights, f"cannot read a state dict ({exc})",
+                        "save one with torch.save(model.state_dict(), path)") from None
+    if mode == "retrain":  # the head is replaced: a checkpoint's head may have any size
+        head_name = find_head(model)[0]
+        own = model.state_dict()
+        state = {k: v for k, v in state.items()
+                 if not (k.startswith(head_name + ".") and k in own and own[k].shape != v.shape)}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # same keys, other shapes: another variant of the model
+        detail = " ".join(str(exc).split())[:160]
+        raise UserError(field, weights, f"does not fit {name} ({detail})",
+                        f"save it from torchvision's {name} with torch.save(model.state_dict(), path)") from None
+    head = find_head(model)[0] + "." if mode == "retrain" else None
+    missing = [k for k in result.missing_keys if not (head and k.startswith(head))]
+    if missing or result.unexpected_keys:
+        bad = (missing or result.unexpected_keys)[:3]
+        raise UserError(field, weights,
+                        f"not a state dict of {name} ({'missing' if missing else 'unexpected'} "
+                        f"keys {', '.join(bad)}...)",
+                        f"save it from torchvision's {name} with torch.save(model.state_dict(), path)")
+    return model
+
+
+def build_model(name: str, *, mode: str = "inference", weights: str | None = None, num_classes: int | None = None,
+                compile: bool = False, seed: int = 0, field_prefix: str = "model") -> nn.Module:
+    """Model ``name`` as :class:`ModelRunner` runs it, on the CPU in ``eval()`` mode: weights
+    loaded, and in retrain a fresh ``num_classes`` head in place of the old one. Random values
+    are drawn under ``torch.manual_seed(seed)`` in a forked RNG state: the same seed gives the
+    same weights, and the caller's global RNG is untouched."""
+    check_model(name, weights, field_prefix, mode=mode, compile=compile, num_classes=num_classes)
+    weights = None if weights is None or str(weights).lower() == "none" else str(weights)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _load(name, mode, weights, num_classes, field_prefix)
+        if mode == "retrain":
+            head_name, head = find_head(model)
+            replace_head(model, head_name, num_classes or _out_features(head))
+    return model.eval()
+
+
+def _head_of(module: nn.Module) -> tuple[str | None, nn.Module | None]:
+    """The classification head of a model or of a split half (a head half may have none)."""
+    try:
+        return find_head(module)
+    except ValueError:
+        return None, None
+
+
 # -- the runner ------------------------------------------------------------------------------
 
 
@@ -250,7 +312,7 @@ class ModelInfo:
     name: str
     params: int
     trainable_params: int
-    head: str
+    head: str | None  # None: a split's head half, which has no classifier
     num_classes: int
     amp_dtype: str | None
     compiled: bool
@@ -263,8 +325,7 @@ class ModelInfo:
 class ModelRunner:
     """One model set up for ``inference`` or ``retrain``; :meth:`step` runs one batch.
 
-    Weights are initialized under ``torch.manual_seed(seed)`` (in a forked RNG state, so the
-    caller's global RNG is untouched): replicas with the same seed hold identical weights.
+    Weights are built by :func:`build_model`: replicas with the same seed hold identical weights.
     """
 
     def __init__(
@@ -280,24 +341,27 @@ class ModelRunner:
         lr: float = 1e-3,
         seed: int = 0,
         field_prefix: str = "model",
+        module: nn.Module | None = None,
     ):
-        check_model(name, weights, field_prefix, mode=mode, compile=compile, num_classes=num_classes)
+        """``module``: run this already built module (a split half, see :mod:`rayprof.split`)
+        instead of building ``name``; in retrain its last layer is the head that trains."""
+        if module is None:
+            check_model(name, weights, field_prefix, mode=mode, compile=compile, num_classes=num_classes)
         check_device(str(device), f"{field_prefix}.device")
         self.name, self.mode, self.seed = name, mode, seed
         self.device = resolve_device(device)
-        weights = None if weights is None or str(weights).lower() == "none" else str(weights)
-        local = weights is not None and is_local_path(weights)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.module = self._build(name, weights, local, num_classes, field_prefix)
-            head_name, head = find_head(self.module)
-            if mode == "retrain":
-                self.module.requires_grad_(False)
-                head = replace_head(self.module, head_name, num_classes or _out_features(head))
+        if module is None:
+            module = build_model(name, mode=mode, weights=weights, num_classes=num_classes, compile=compile,
+                                 seed=seed, field_prefix=field_prefix)
+        self.module = module
+        head_name, head = _head_of(module)
+        if mode == "retrain":
+            self.module.requires_grad_(False)
+            head.requires_grad_(True)
         self.module.to(self.device)
         self.module.eval()
         self.head = head
-        self.num_classes = _out_features(head)
+        self.num_classes = _out_features(head) if head is not None else 0
 
         self.amp_dtype: torch.dtype | None = None
         if amp:  # fp16 (+ GradScaler in retrain) on CUDA; CPU autocast supports bfloat16
@@ -325,40 +389,6 @@ class ModelRunner:
             amp_dtype=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else None,
             compiled=bool(compile), device=str(self.device),
         )
-
-    def _build(self, name, weights, local, num_classes, field_prefix) -> nn.Module:
-        field = f"{field_prefix}.weights"
-        if weights is not None and not local:  # may download into the torch hub cache
-            return torchvision.models.get_model(name, weights=weights_enum_member(name, weights, field))
-        kwargs = {"num_classes": num_classes} if num_classes and self.mode == "inference" else {}
-        model = torchvision.models.get_model(name, weights=None, **kwargs)
-        if weights is None:
-            return model
-        try:
-            state = load_state_dict_file(weights)
-        except Exception as exc:  # unreadable file: the user's mistake, said in one line
-            raise UserError(field, weights, f"cannot read a state dict ({exc})",
-                            "save one with torch.save(model.state_dict(), path)") from None
-        if self.mode == "retrain":  # the head is replaced: a checkpoint's head may have any size
-            head_name = find_head(model)[0]
-            own = model.state_dict()
-            state = {k: v for k, v in state.items()
-                     if not (k.startswith(head_name + ".") and k in own and own[k].shape != v.shape)}
-        try:
-            result = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # same keys, other shapes: another variant of the model
-            detail = " ".join(str(exc).split())[:160]
-            raise UserError(field, weights, f"does not fit {name} ({detail})",
-                            f"save it from torchvision's {name} with torch.save(model.state_dict(), path)") from None
-        head = find_head(model)[0] + "." if self.mode == "retrain" else None
-        missing = [k for k in result.missing_keys if not (head and k.startswith(head))]
-        if missing or result.unexpected_keys:
-            bad = (missing or result.unexpected_keys)[:3]
-            raise UserError(field, weights,
-                            f"not a state dict of {name} ({'missing' if missing else 'unexpected'} "
-                            f"keys {', '.join(bad)}...)",
-                            f"save it from torchvision's {name} with torch.save(model.state_dict(), path)")
-        return model
 
     def _autocast(self):
         if self.amp_dtype is None:

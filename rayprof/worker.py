@@ -137,9 +137,19 @@ def _default_prep(plan: WorkerPlan):
     return Preprocessor(plan.prep_level, plan.prep_device, size=plan.prep_size, seed=plan.seed + plan.replica)
 
 
-def _default_runner(plan: WorkerPlan):
+def _default_runner(plan: WorkerPlan, link=None, clock: Clock = time.perf_counter):
+    """The plan's model: whole (role full), its head half shipping the tail half over ``link``
+    (role head), or both halves in this process (role split, see :mod:`rayprof.pair`)."""
     from .model import ModelRunner
 
+    if plan.role == "head":
+        from .pair import head_runner
+
+        return head_runner(plan, link)
+    if plan.role == "split":
+        from .pair import SplitRunner
+
+        return SplitRunner(plan, clock)
     return ModelRunner(
         plan.model,
         mode=plan.mode,
@@ -170,7 +180,10 @@ class StreamWorker:
         prep_factory: Callable | None = None,
         runner_factory: Callable | None = None,
         pin: bool = True,
+        link=None,
     ):
+        """``link``: the head of a split pair ships each batch's activation to its tail through
+        it (a :class:`rayprof.pair.Link`)."""
         self.plan = plan
         self._emit = emit if hasattr(emit, "drain") else Emitter(lambda batch, seq: emit(batch))
         self._context = context or default_context
@@ -178,7 +191,9 @@ class StreamWorker:
         self._wall = wall_clock
         self._source_factory = source_factory or (lambda p: _default_source(p, wall_clock))
         self._prep_factory = prep_factory or _default_prep
-        self._runner_factory = runner_factory or _default_runner
+        self._runner_factory = runner_factory or (lambda p: _default_runner(p, link, clock))
+        self._link = link
+        self._shipper = None
         self._pin = pin
         self._stop = threading.Event()
         self._ready = False
@@ -203,6 +218,10 @@ class StreamWorker:
         p = self.plan
         pinned = affinity.pin(list(p.cores)) if self._pin and p.cores else list(p.cores)
         self.prep = self._prep_factory(p)
+        if self._link is not None:
+            from .pair import Shipper
+
+            self._shipper = Shipper(self._link, p.window)
         self.runner = self._runner_factory(p)
         # the source opens last: a live stream's buffer must not fill while the model loads
         self.source = self._source_factory(p)
@@ -234,6 +253,7 @@ class StreamWorker:
             "amp": bool(p.amp),
             "compiled": bool(getattr(info, "compiled", p.compile)),
             "sweep_point": p.sweep_point,
+            "split_point": p.split_point,
         }
         self.buffer = RowBuffer(self.identity)
         self._prep_sync = cuda_sync_for(p.prep_device)
@@ -275,6 +295,8 @@ class StreamWorker:
             self._t_run0 = self._clock()
             self._tracer.start()
             result.ended_by = self._loop()
+            if self._shipper is not None:  # the tail finishes what is in flight; its failure is ours
+                self._shipper.close()
             result.status = "stopped" if result.ended_by == "stop" else "completed"
         except BaseException as e:  # noqa: BLE001 - reported, not swallowed
             if isinstance(e, UserError):  # e.g. a stream that cannot be opened: its one line says it all
@@ -286,6 +308,8 @@ class StreamWorker:
             if isinstance(e, KeyboardInterrupt):
                 result.status, result.ended_by = "stopped", "stop"
         finally:
+            if self._shipper is not None:
+                self._shipper.abandon()  # after a failure: the tail must not wait for more
             result.artifacts = self._tracer.stop()  # exports a partial active cycle; never raises
             try:
                 self._flush()
@@ -320,6 +344,10 @@ class StreamWorker:
         labels_gen = torch.Generator().manual_seed(p.seed + p.replica)
         make_labels = self.runner.make_labels if p.mode == "retrain" else None
         profile_step = self._tracer.step  # a no-op without profile.torch
+        shipper = self._shipper  # a split pair's head: after exec, the activation goes to the tail
+        wait_room, ship = (shipper.wait_room, shipper.ship) if shipper is not None else (None, None)
+        output = (lambda: self.runner.last_output) if shipper is not None else None
+        split_runner = hasattr(self.runner, "transfer_ms")  # both halves in here: the move is its own stage
         last_flush = clock()
         step = 0
         while True:
@@ -342,12 +370,23 @@ class StreamWorker:
                 labels = make_labels(n, labels_gen) if make_labels is not None else None
                 with mark("exec", step):
                     loss = run_step(x, labels, step=step)
-                    lap("exec", exec_sync)
+                    exec_ms = lap("exec", exec_sync)
+                transfer_ms = wait_ms = None
+                if ship is not None:
+                    with mark("wait", step):
+                        wait_room()
+                    wait_ms = lap("wait")
+                    with mark("transfer", step):
+                        ship(step, batch, output())
+                    transfer_ms = lap("transfer")
+                elif split_runner:
+                    transfer_ms = self.runner.transfer_ms
+                    exec_ms -= transfer_ms
             # frames arrive in capture order: the first is the oldest in the batch
             age_ms = wall() / 1e6 - float(batch.capture_ts[0]) * 1e3
             ms = timer.ms
-            append(StepRecord(step, step < warmup_steps, t_wall, ms["read"], ms["prep"], ms["exec"], None,
-                              timer.total_ms(), n, batch.dropped, age_ms, loss))
+            append(StepRecord(step, step < warmup_steps, t_wall, ms["read"], ms["prep"], exec_ms, transfer_ms,
+                              timer.total_ms(), n, batch.dropped, age_ms, loss, wait_ms))
             step += 1
             self._steps = step
             self._frames += n
