@@ -89,7 +89,7 @@ def validate(spec_path: str, overrides: tuple[str, ...], remote: bool, address: 
     from .source import mask_url
     from .spec import load_fleet
 
-    spec = load_fleet(spec_path, list(overrides))
+    spec = driver.resolve_splits(load_fleet(spec_path, list(overrides)))
     labels: dict[str, str] = {}
     if address:
         from . import fleet
@@ -104,6 +104,8 @@ def validate(spec_path: str, overrides: tuple[str, ...], remote: bool, address: 
         driver.preflight(spec, local=True)
         plans = driver.local_plans(spec, make_run_id(spec.run))
     rows = [{**({"node": labels.get(p.node_id, "-")} if address else {}), **driver.plan_row(p)} for p in plans]
+    unused = [c for c in ("point", "split") if all(r[c] == "-" for r in rows)]  # no sweep, no split: no column
+    rows = [{k: v for k, v in r.items() if k not in unused} for r in rows]
     table = Table(box=None, header_style="bold",
                   title=f"{spec_path}: {len(plans)} actor(s), output {mask_url(spec.output)}/")
     for col in rows[0]:
@@ -138,6 +140,9 @@ def validate(spec_path: str, overrides: tuple[str, ...], remote: bool, address: 
               help="First steps flagged warm-up, left out of the summary.")
 @click.option("--weights", default=None, help="none (random init), a torchvision weights name, or a local state-dict path.")
 @click.option("--num-classes", "num_classes", type=int, default=None, help="Retrain: classes of the new head.")
+@click.option("--split-point", "--split_point", "split_point", default=None, metavar="[MODEL:]MODULE",
+              help="Cut the model after MODULE (e.g. resnet50:layer3): the head half on the CPU, the tail on the "
+                   "model's device, the activation moved between them in this process (see `rayprof split-points`).")
 @click.option("--loop", is_flag=True, help="Loop a video file until --max-steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--output", default="runs", show_default=True, help="Dataset root.")
@@ -162,6 +167,9 @@ def run(**o) -> int:
         "warmup_steps": o["warmup_steps"],
         "seed": o["seed"],
     }
+    if o["split_point"]:
+        worker["model"]["split"] = o["split_point"]
+        worker["pair"] = {"in_process": True}
     try:
         spec = parse_fleet({"run": o["run_name"], "output": o["output"], "workers": [worker]}, "rayprof run")
         return driver.run_single(spec)
@@ -179,6 +187,7 @@ RUN_FLAGS = {
     "cores": "--core-bind", "model.compile": "--enable-compile", "model.amp": "--use-amp",
     "max_steps": "--max-steps", "warmup_steps": "--warmup-steps", "model.weights": "--weights",
     "model.num_classes": "--num-classes", "seed": "--seed", "run": "--run-name", "output": "--output",
+    "model.split": "--split-point", "pair.head_device": "--split-point",
 }
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import __version__
 from .errors import UserError
-from .metrics import SCHEMA_VERSION, summarize
+from .metrics import BATCH_STAGES, SCHEMA_VERSION, batches, summarize, sweep_verdicts
 from .plan import WorkerPlan, make_run_id, plan_fleet
 from .sink import DatasetWriter, read_table, resolve_root, run_dir, write_manifest
 from .spec import FleetSpec
@@ -53,6 +53,39 @@ def preflight(spec: FleetSpec, *, local: bool = True) -> None:
         if local:
             check_source(SourceSettings(uri=resolve_uri(w.source.uri), width=w.source.width,
                                         height=w.source.height, field=f"{f}.source.uri"))
+        _check_split(f, w, local)
+
+
+def _check_split(f: str, w, local: bool) -> None:
+    """Every split point of the worker cuts its model (a retrain tail must hold the classifier);
+    the head's device exists here."""
+    from .model import build_model, check_device
+    from .spec import ALL_POINTS, split_points_of
+
+    points = [p for p in split_points_of(w) if p and p != ALL_POINTS]
+    if not points:
+        return
+    from .pair import cut_model
+
+    model = build_model(w.model.name, mode=w.mode, num_classes=w.model.num_classes)  # the structure is enough
+    for point in points:
+        cut_model(model, point, name=w.model.name, mode=w.mode, field=f"{f}.model.split")
+    if local and w.pair.head_device != "auto":
+        check_device(w.pair.head_device, field=f"{f}.pair.head_device")
+
+
+def resolve_splits(spec: FleetSpec) -> FleetSpec:
+    """``model.split: all`` → the model's split points, in order."""
+    from .spec import ALL_POINTS
+
+    if not any(isinstance(w.model.split, str) and w.model.split.lower() == ALL_POINTS for w in spec.workers):
+        return spec
+    from .split import split_points
+
+    workers = [w.model_copy(update={"model": w.model.model_copy(update={"split": split_points(w.model.name)})})
+               if isinstance(w.model.split, str) and w.model.split.lower() == ALL_POINTS else w
+               for w in spec.workers]
+    return spec.model_copy(update={"workers": workers})
 
 
 def local_plans(spec: FleetSpec, run_id: str) -> list[WorkerPlan]:
@@ -90,14 +123,16 @@ def plan_row(plan: WorkerPlan) -> dict:
 
     opts = [o for o, on in (("amp", plan.amp), ("compile", plan.compile)) if on]
     return {
+        "actor": plan.actor_id,
         "worker": plan.worker,
-        "replica": plan.replica,
+        "point": plan.sweep_point or "-",
         "source": mask_url(plan.source.uri) + (" (loop)" if plan.source.loop else ""),
         "model": plan.model,
         "mode": plan.mode,
         "batch": plan.batch_size,
         "prep": f"{plan.prep_level}@{plan.prep_device}",
         "exec": plan.exec_device,
+        "split": _split_text(plan),
         "opts": ",".join(opts) or "-",
         "cores": format_cores(plan.cores) or "unpinned",
         "cpus": f"{plan.num_cpus:g}",
@@ -105,6 +140,15 @@ def plan_row(plan: WorkerPlan) -> dict:
         "steps": plan.max_steps or "until end",
         "warmup": plan.warmup_steps,
     }
+
+
+def _split_text(plan: WorkerPlan) -> str:
+    """Where the plan's model is cut and which half this actor runs: ``layer3 head``."""
+    if not plan.split_point:
+        return "-"
+    if plan.role == "split":
+        return f"{plan.split_point} in-process (head@{plan.head_device})"
+    return f"{plan.split_point} {plan.role}"
 
 
 class Manifest:
@@ -245,35 +289,63 @@ class ProgressView:
 
 
 def summary_table(df: pd.DataFrame, statuses: dict[str, str] | None = None):
-    """The final per-worker table: throughput, then mean/p50/p90/p99 per stage (ms)."""
+    """The final table, one block per worker (and split point in a sweep): throughput, then
+    mean/p50/p90/p99 per stage (ms). A split pair's block is per batch end to end (see
+    :func:`rayprof.metrics.batches`): both halves, the transfer, the waits, and ``e2e``."""
     from rich.table import Table
 
-    summary = summarize(df, by=["worker"])
-    order = list(dict.fromkeys(statuses or {}))  # spec order, not alphabetical
-    if order:
-        summary = summary.sort_values("worker", key=lambda s: s.map(lambda w: order.index(w) if w in order else len(order)))
+    b = batches(df)
+    sweep = "sweep_point" in b and b["sweep_point"].nunique() > 1
+    by = ["worker", "sweep_point"] if sweep else ["worker"]
+    summary = summarize(b, by=by, stages=list(BATCH_STAGES))
+    order = list(dict.fromkeys(statuses or {}))  # spec order, not alphabetical; sweep points as they ran
+    rank = {w: i for i, w in enumerate(order)}
+    started = b.groupby(by)["t_start"].min() if sweep else None
+    summary["_order"] = [(rank.get(r["worker"], len(rank)), started[(r["worker"], r["sweep_point"])] if sweep else 0)
+                         for _, r in summary.iterrows()]
+    summary = summary.sort_values("_order", kind="stable")
+    whole_batch = set(b.loc[b["role"] != "full", "worker"]) if not b.empty else set()  # pairs, in-process splits
     t = Table(box=None, header_style="bold", show_edge=False, pad_edge=False)
-    for col, right in (("worker", False), ("status", False), ("nodes", False), ("steps", True), ("frames", True),
-                       ("FPS", True), ("stage", False), ("mean ms", True), ("p50", True), ("p90", True), ("p99", True)):
+    columns = [("worker", False)] + ([("point", False)] if sweep else []) + [
+        ("status", False), ("nodes", False), ("steps", True), ("frames", True), ("FPS", True), ("stage", False),
+        ("mean ms", True), ("p50", True), ("p90", True), ("p99", True)]
+    for col, right in columns:
         t.add_column(col, justify="right" if right else "left")
     nodes = df.assign(node=node_names(df)).groupby("worker")["node"].agg(lambda s: ",".join(sorted(set(s)))) if not df.empty else {}
     for _, row in summary.iterrows():
         w = row["worker"]
-        stages = [s for s in ("read", "prep", "exec", "transfer", "total") if pd.notna(row.get(f"{s}_mean"))]
+        stages = [s for s in BATCH_STAGES if pd.notna(row.get(f"{s}_mean"))]
         for j, s in enumerate(stages):
             head = j == 0
+            label = "e2e" if s == "total" and w in whole_batch else BATCH_STAGES[s]
             t.add_row(
-                w if head else "", (statuses or {}).get(w, "") if head else "", nodes.get(w, "") if head else "",
+                w if head else "", *([str(row["sweep_point"]) if head else ""] if sweep else []),
+                (statuses or {}).get(w, "") if head else "", nodes.get(w, "") if head else "",
                 f"{row['steps']}" if head else "", f"{row['frames']}" if head else "",
-                f"{row['fps']:.1f}" if head else "", s,
+                f"{row['fps']:.1f}" if head else "", label,
                 f"{row[f'{s}_mean']:.2f}", f"{row[f'{s}_p50']:.2f}", f"{row[f'{s}_p90']:.2f}", f"{row[f'{s}_p99']:.2f}",
                 end_section=(j == len(stages) - 1),
             )
     measured = set(summary["worker"])
     for w, status in (statuses or {}).items():  # a worker with no measured step still gets its line
         if w not in measured:
-            t.add_row(w, status, nodes.get(w, ""), "0", "0", "-", "-", "-", "-", "-", "-", end_section=True)
+            t.add_row(w, *([""] if sweep else []), status, nodes.get(w, ""), "0", "0", "-", "-", "-", "-", "-", "-",
+                      end_section=True)
     return t
+
+
+def split_sweeps(df: pd.DataFrame) -> list[dict]:
+    """For every worker that swept its split point: the point with the lowest median
+    end-to-end latency and the one with the highest throughput (warm-up excluded)."""
+    if df.empty or "split_point" not in df:
+        return []
+    points = df["split_point"].fillna("none")
+    sweeping = [w for w, n in points.groupby(df["worker"]).nunique().items() if n > 1]
+    if not sweeping:
+        return []
+    b = batches(df[df["worker"].isin(sweeping)])
+    summary = summarize(b.assign(point=b["split_point"].fillna("none")), by=["worker", "point"], stages=["total"])
+    return sweep_verdicts(summary, sweeping)
 
 
 def node_names(df: pd.DataFrame) -> pd.Series:
@@ -285,8 +357,10 @@ def node_names(df: pd.DataFrame) -> pd.Series:
     return ip.where(~shared, ip + " [" + df["node_id"].astype(str).str[:8] + "]")
 
 
-def print_summary(root: str | os.PathLike, run_id: str, statuses: dict[str, str], header: str) -> pd.DataFrame:
-    """Read the run back from the dataset (what was written is what is reported) and print."""
+def print_summary(root: str | os.PathLike, run_id: str, statuses: dict[str, str], header: str,
+                  manifest: Manifest | None = None) -> pd.DataFrame:
+    """Read the run back from the dataset (what was written is what is reported) and print;
+    a split sweep's verdict goes into the manifest too."""
     from .source import mask_url
 
     con = console()
@@ -294,8 +368,17 @@ def print_summary(root: str | os.PathLike, run_id: str, statuses: dict[str, str]
     df = read_table(root, run_id).to_pandas()
     print_table(con, summary_table(df, statuses))
     n_warm = int(df["warmup"].sum())
-    con.print(f"FPS = frames / wall-clock span; latencies in ms; {n_warm} warm-up step(s) excluded. "
+    pairs = " e2e = a batch from the head's start to the tail's end." if df["role"].isin(["head", "split"]).any() else ""
+    con.print(f"FPS = frames / wall-clock span; latencies in ms; {n_warm} warm-up step(s) excluded.{pairs} "
               f"Dataset: {mask_url(run_dir(root, run_id))}")
+    verdicts = split_sweeps(df)
+    for v in verdicts:
+        con.print(f"split sweep {v['worker']}: lowest end-to-end latency at {v['lowest_latency']} "
+                  f"(p50 {v['latency_p50_ms']:.1f} ms); highest throughput at {v['highest_throughput']} "
+                  f"({v['fps']:.1f} FPS)")
+    if verdicts and manifest is not None:
+        manifest.data["split_sweep"] = verdicts
+        manifest.write()
     return df
 
 
@@ -355,14 +438,15 @@ def run_single(spec: FleetSpec) -> int:
 
     preflight(spec, local=True)
     run_id = make_run_id(spec.run)
-    plans = local_plans(spec, run_id)
+    plans = local_plans(resolve_splits(spec), run_id)
     if len(plans) != 1:
         raise UserError("workers", len(plans), "rayprof run runs exactly one worker", "use rayprof submit for several")
     plan = plans[0]
     writer = DatasetWriter(spec.output, run_id)
     manifest = Manifest(spec.output, run_id, spec, plans, mode="in-process")
     con = console()
-    con.print(f"rayprof run {run_id}: {plan.model} {plan.mode} batch {plan.batch_size} on {plan.exec_device}, "
+    split = f", split after {plan.split_point} (head on {plan.head_device})" if plan.split_point else ""
+    con.print(f"rayprof run {run_id}: {plan.model} {plan.mode} batch {plan.batch_size} on {plan.exec_device}{split}, "
               f"prep {plan.prep_level}@{plan.prep_device}, cores {plan_row(plan)['cores']}")
     worker = StreamWorker(plan, Emitter(lambda b, seq: writer.write(plan.worker, plan.actor_id, b, seq),
                                          put_file=writer.put_file))

@@ -95,6 +95,7 @@ class Slot:
     resources: tuple[tuple[str, float], ...]
     node: str | None
     spread: bool
+    near: str | None = None  # a split tail: "same" node as the slot before it (its head), or "apart"
 
     @property
     def auto_cores(self) -> bool:
@@ -180,7 +181,7 @@ def assign_nodes(slots: list[Slot], nodes: list[Node]) -> list[int]:
     out: list[int] = []
     hosting: dict[str, Counter] = defaultdict(Counter)
     for slot in slots:
-        ks = _candidates(slot, nodes)
+        ks = _near(slot, _candidates(slot, nodes), out[-1] if out else None, nodes)
         n_cores = 1 if slot.auto_cores else _count_cores(slot.cores_spec, nodes, ks)
         hard = [k for k in ks if ledger.hard_fits(k, slot)]
         if not hard:
@@ -200,6 +201,24 @@ def assign_nodes(slots: list[Slot], nodes: list[Node]) -> list[int]:
         hosting[slot.worker][k] += 1
         out.append(k)
     return out
+
+
+def _near(slot: Slot, ks: list[int], head: int | None, nodes: list[Node]) -> list[int]:
+    """A split tail's candidates narrowed by ``pair.placement``: its head's node, or the others."""
+    if slot.near is None or head is None:
+        return ks
+    field = f"{slot.field}.pair.placement"
+    if slot.near == "same":
+        if head not in ks:
+            why = "a GPU" if slot.uses_cuda else "what the tail needs"
+            raise UserError(field, "same-node", f"the head's node {nodes[head].describe()} lacks {why}",
+                            "use placement: any, or put the head where the tail can run (node: ...)")
+        return [head]
+    apart = [k for k in ks if k != head]
+    if not apart:
+        raise UserError(field, "different-nodes", f"no node but the head's ({nodes[head].describe()}) can run the tail",
+                        "add a node that can, or use placement: any")
+    return apart
 
 
 def _count_cores(cores_spec: str, nodes: list[Node], ks: list[int]) -> int:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import secrets
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from .placement import Node, Slot, cpu_request, place, with_placement
 from .source import SourceSettings
-from .spec import FleetSpec, WorkerSpec
+from .spec import FleetSpec, WorkerSpec, split_points_of
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,14 @@ class WorkerPlan:
     node_id: str | None = None  # where placement put the actor (None: Ray decides, or local)
     profile_torch: dict | None = None  # TorchProfileSpec as a dict
     profile_nsys: dict | None = None  # NsysSpec as a dict
-    role: str = "full"
+    role: str = "full"  # full | head | tail (a split pair's actors) | split (both halves in one actor)
     pair_id: str | None = None
     sweep_point: str | None = None
+    split_point: str | None = None  # model.split: the module the head half ends with
+    head_device: str = "cpu"  # role split: where the head half runs (exec_device: the tail's)
+    window: int = 2  # role head: batches in flight to the tail
+    peer: str | None = None  # a pair's other actor
+    phase: int = 0  # sweep point index: phases run one after another
     field: str = field(default="workers[0]", compare=False)
 
 
@@ -88,26 +93,73 @@ def plan_fleet(
     gpus: float | None = None,
     nodes: list[Node] | None = None,
 ) -> list[WorkerPlan]:
-    """One plan per actor, in spec order (worker, then replica), placed on ``nodes``.
+    """One plan per actor, in spec order (phase, worker, replica), placed on ``nodes``.
 
     Without ``nodes`` the actors run on one machine whose cores are ``cores_available`` (None:
     not known here, so explicit sets are checked for syntax only and ``auto`` pins nothing) and
     which has ``gpus`` GPUs (default: one when ``cuda_available``). ``auto`` devices resolve to
-    CUDA when the target has a GPU. See :mod:`rayprof.placement` for the rules."""
+    CUDA when the target has a GPU. See :mod:`rayprof.placement` for the rules.
+
+    A split worker (``model.split``) becomes a head and a tail actor (or one ``split`` actor with
+    ``pair.in_process``). A worker that lists several split points sweeps them: point *k* of
+    every sweeping worker runs in phase *k*, beside the workers that do not sweep, and each
+    phase is placed on the whole cluster because phases run one after another."""
     if nodes is None:
         gpus = (1.0 if cuda_available else 0.0) if gpus is None else gpus
         nodes = [local_node(cores_available, gpus)]
     else:
         cuda_available = any(n.gpus > 0 for n in nodes)
-    slots, plans = [], []
-    for i, w in enumerate(spec.workers):
-        exec_device, prep_device = resolve_auto(w.device, cuda_available), resolve_auto(w.prep.device, cuda_available)
-        for r in range(w.replicas):
-            slots.append(Slot(field=f"workers[{i}]", worker=w.name, cores_spec=w.cores,
-                              uses_cuda=any(d.startswith("cuda") for d in (exec_device, prep_device)),
-                              gpus=w.gpus, resources=tuple(sorted(w.resources.items())), node=w.node, spread=w.spread))
-            plans.append(_plan(spec, run_id, i, w, r, exec_device, prep_device))
-    return with_placement(plans, place(slots, nodes))
+    points = [split_points_of(w) for w in spec.workers]
+    phases = max(len(p) for p in points)
+    plans: list[WorkerPlan] = []
+    for phase in range(phases):
+        label = _sweep_label(points, phase) if phases > 1 else None
+        slots, mine = [], []
+        for i, w in enumerate(spec.workers):
+            point = points[i][phase] if len(points[i]) > 1 else points[i][0]
+            for slot, plan in _actors(spec, run_id, i, w, point, cuda_available, phase if phases > 1 else None):
+                slots.append(slot)
+                mine.append(replace(plan, sweep_point=label, phase=phase))
+        plans += with_placement(mine, place(slots, nodes))
+    return plans
+
+
+def _sweep_label(points: list[list[str | None]], phase: int) -> str:
+    """``split=layer3``: the sweeping workers' point in this phase (``none``: unsplit)."""
+    here = dict.fromkeys(p[phase] or "none" for p in points if len(p) > 1)
+    return "split=" + "/".join(here)
+
+
+def _actors(spec: FleetSpec, run_id: str, i: int, w: WorkerSpec, point: str | None, cuda: bool,
+            phase: int | None) -> list[tuple[Slot, WorkerPlan]]:
+    """The slots and plans of one worker's replicas at one split point (None: unsplit)."""
+    exec_device, prep_device = resolve_auto(w.device, cuda), resolve_auto(w.prep.device, cuda)
+    head_device = resolve_auto(w.pair.head_device, cuda)
+    f = f"workers[{i}]"
+    resources = tuple(sorted(w.resources.items()))
+
+    def slot(cores: str, devices: tuple[str, ...], near: str | None = None, own: bool = True) -> Slot:
+        return Slot(field=f, worker=w.name, cores_spec=cores, uses_cuda=any(d.startswith("cuda") for d in devices),
+                    gpus=w.gpus, resources=resources if own else (), node=w.node if own else None,
+                    spread=w.spread and own, near=near)
+
+    out = []
+    for r in range(w.replicas):
+        base = _plan(spec, run_id, i, w, r, exec_device, prep_device)
+        aid = f"{w.name}-p{phase}-{r}" if phase is not None else base.actor_id
+        base = replace(base, actor_id=aid, split_point=point, head_device=head_device, window=w.pair.window)
+        if point is None:
+            out.append((slot(w.cores, (exec_device, prep_device)), base))
+        elif w.pair.in_process:
+            out.append((slot(w.cores, (exec_device, prep_device, head_device)), replace(base, role="split")))
+        else:
+            head, tail = f"{aid}-head", f"{aid}-tail"
+            near = {"same-node": "same", "different-nodes": "apart"}.get(w.pair.placement)
+            out.append((slot(w.cores, (head_device, prep_device)),
+                        replace(base, actor_id=head, role="head", pair_id=aid, peer=tail, exec_device=head_device)))
+            out.append((slot(w.pair.tail_cores, (exec_device,), near=near, own=False),
+                        replace(base, actor_id=tail, role="tail", pair_id=aid, peer=head, cores_spec=w.pair.tail_cores)))
+    return out
 
 
 def _plan(spec: FleetSpec, run_id: str, i: int, w: WorkerSpec, r: int, exec_device: str, prep_device: str) -> WorkerPlan:

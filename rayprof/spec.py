@@ -54,11 +54,43 @@ class ModelSpec(_Strict):
     compile: bool = Field(False, description="torch.compile (inference)")
     amp: bool = Field(False, description="autocast: bf16 on CPU, fp16 on CUDA (grad scaler in retrain)")
     lr: float = Field(1e-3, gt=0, description="retrain: learning rate of the new head")
+    split: str | list[str] | None = Field(
+        None, description="cut the model after this module (layer3, or resnet50:layer3): a head and a tail half; "
+        "a list (none = the unsplit model) or all sweeps the cut, one point after another")
+
+    @field_validator("split", mode="before")
+    @classmethod
+    def _split_list(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("is an empty list; list one or more split points, or remove the key")
+            items = [str(x).strip() for x in v]
+            if len(set(items)) != len(items):
+                raise ValueError("lists a point twice; list each split point once")
+            return items
+        return None if v is None else str(v).strip()
 
     @field_validator("weights", mode="before")
     @classmethod
     def _none_string(cls, v: Any) -> Any:
         return None if isinstance(v, str) and v.strip().lower() in ("", "none", "null") else v
+
+
+class PairSpec(_Strict):
+    """How a split model's halves run (``model.split``). The head owns the source, the pinned
+    preprocessing and the head half; the tail runs the rest on ``device`` (the worker's)."""
+
+    window: int = Field(2, ge=1, description="batches in flight between head and tail")
+    head_device: str = Field("cpu", description="where the head half runs: cpu, cuda, cuda:N or auto")
+    tail_cores: str = Field("auto", description="the tail actor's cores: auto, all, or a set like '2-3'")
+    placement: Literal["any", "same-node", "different-nodes"] = Field(
+        "any", description="the tail on the head's node, on another node, or wherever it fits")
+    in_process: bool = Field(False, description="both halves in one actor, the activation moved between devices")
+
+    @field_validator("tail_cores", mode="before")
+    @classmethod
+    def _cores_str(cls, v: Any) -> Any:
+        return _cores_text(v)
 
 
 class PrepSpec(_Strict):
@@ -67,6 +99,15 @@ class PrepSpec(_Strict):
     level: Literal["simple", "medium", "complex"] = "simple"
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
     size: int = Field(224, gt=0, description="output side length in pixels")
+
+
+def _cores_text(v: Any) -> Any:
+    """``cores: 3`` and ``cores: [0, 2]`` as the core-set strings they mean."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    if isinstance(v, list) and all(isinstance(x, int) for x in v):
+        return ",".join(str(x) for x in v)
+    return v
 
 
 class TorchProfileSpec(_Strict):
@@ -123,6 +164,7 @@ class WorkerSpec(_Strict):
     node: str | None = Field(None, description="run on this node: Ray node id, IP or hostname")
     spread: bool = Field(False, description="replicas on different nodes while nodes last")
     profile: ProfileSpec = ProfileSpec()
+    pair: PairSpec = PairSpec()
     max_steps: int = Field(100, ge=0, description="steps (batches) to run; 0 = until the source ends")
     warmup_steps: int = Field(5, ge=0, description="first steps flagged warmup, left out of summaries")
     seed: int = 0
@@ -145,11 +187,7 @@ class WorkerSpec(_Strict):
     @field_validator("cores", mode="before")
     @classmethod
     def _cores_str(cls, v: Any) -> Any:
-        if isinstance(v, int) and not isinstance(v, bool):
-            return str(v)
-        if isinstance(v, list) and all(isinstance(x, int) for x in v):
-            return ",".join(str(x) for x in v)
-        return v
+        return _cores_text(v)
 
     @field_validator("name")
     @classmethod
@@ -322,6 +360,7 @@ def parse_fleet(raw: Any, source: str = "spec") -> FleetSpec:
             where = f"workers[{i}]" if "warmup_steps" in workers_raw[i] or "max_steps" in workers_raw[i] else "defaults"
             raise UserError(f"{where}.warmup_steps", w.warmup_steps, f"leaves no measured step of max_steps {w.max_steps}",
                             "make warmup_steps smaller than max_steps (or max_steps 0: until the source ends)")
+    _check_splits(workers, workers_raw)
     seen: dict[str, int] = {}
     for i, w in enumerate(workers):
         if w.name in seen:
@@ -333,6 +372,68 @@ def parse_fleet(raw: Any, source: str = "spec") -> FleetSpec:
         return FleetSpec.model_validate({**top, "workers": workers})
     except ValidationError as e:
         raise _error_from_pydantic(e.errors()[0], "", None, None, None) from None
+
+
+def parse_split(value: str, field: str = "model.split") -> tuple[str | None, str]:
+    """``"resnet50:layer3"`` → ``("resnet50", "layer3")``; ``"layer3"`` → ``(None, "layer3")``."""
+    model, _, point = str(value).rpartition(":")
+    if not point.strip() or (":" in str(value) and not model.strip()):
+        raise UserError(field, value, "is not MODEL:POINT or POINT",
+                        "write e.g. resnet50:layer3, or layer3 beside model.name")
+    return (model.strip() or None), point.strip()
+
+
+NO_SPLIT = "none"  # in a sweep list: the unsplit model
+ALL_POINTS = "all"
+
+
+def split_points_of(w: WorkerSpec) -> list[str | None]:
+    """The cut points a worker runs, in order (None: unsplit); ``["all"]`` until the driver
+    has listed the model's points (:func:`rayprof.driver.resolve_splits`)."""
+    value = w.model.split
+    if value is None:
+        return [None]
+    items = value if isinstance(value, list) else [value]
+    return [None if item.lower() == NO_SPLIT else parse_split(item)[1] for item in items]
+
+
+def _check_splits(workers: list[WorkerSpec], workers_raw: list) -> None:
+    """``model.split`` and ``pair`` make sense together: the form of each point, a model prefix
+    that names the worker's model, ``all`` alone, ``pair`` only beside a split, and sweeps of
+    the same length (their points run side by side, one phase after another)."""
+    sweeps: dict[int, int] = {}
+    for i, w in enumerate(workers):
+        raw = workers_raw[i]
+        where = f"workers[{i}]" if _has_path(raw, ("model", "split")) else "defaults"
+        field = f"{where}.model.split"
+        value = w.model.split
+        if value is None:
+            if "pair" in raw:
+                raise UserError(f"workers[{i}].pair", "set", "applies to a split model, and model.split is not set",
+                                "set model.split (rayprof split-points MODEL lists the points) or remove pair")
+            continue
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if item.lower() == ALL_POINTS and isinstance(value, list):
+                raise UserError(field, item, "`all` stands alone", "write split: all, or list the points")
+            if item.lower() in (ALL_POINTS, NO_SPLIT):
+                continue
+            model, _ = parse_split(item, field)
+            if model and model != w.model.name:
+                raise UserError(field, item, f"names model {model} but the worker runs {w.model.name}",
+                                f"write {item.rpartition(':')[2]}, or set model.name: {model}")
+        if w.pair.in_process and w.pair.placement == "different-nodes":
+            raise UserError(f"workers[{i}].pair.placement", w.pair.placement, "cannot apply: pair.in_process runs both halves in one actor",
+                            "use placement: any, or in_process: false for two actors")
+        if isinstance(value, list) and len(value) > 1:
+            sweeps[i] = len(value)
+    first = next(iter(sweeps.items()), None)
+    for j, m in sweeps.items():
+        if m == first[1]:
+            continue
+        i, n = first
+        raise UserError(f"workers[{j}].model.split", f"{m} points", f"but workers[{i}] sweeps {n}; "
+                        "the points of sweeping workers run side by side", "list the same number of points in each")
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -29,6 +29,7 @@ import torch
 from torch import fx, nn
 
 from .errors import UserError, did_you_mean
+from .spec import parse_split
 
 __all__ = ["cut", "parse_split", "point_shapes", "split_points"]
 
@@ -113,15 +114,6 @@ def _resolve(model: nn.Module | str) -> tuple[nn.Module, str]:
 
 
 # -- public API ------------------------------------------------------------------------------
-
-
-def parse_split(value: str, field: str = _FIELD) -> tuple[str | None, str]:
-    """``"resnet50:layer3"`` → ``("resnet50", "layer3")``; ``"layer3"`` → ``(None, "layer3")``."""
-    model, _, point = str(value).rpartition(":")
-    if not point.strip() or (":" in str(value) and not model.strip()):
-        raise UserError(field, value, "is not MODEL:POINT or POINT",
-                        "write e.g. resnet50:layer3, or layer3 beside model.name")
-    return (model.strip() or None), point.strip()
 
 
 def split_points(model: nn.Module | str, field: str = _FIELD) -> list[str]:

@@ -20,7 +20,7 @@ from ..plan import WorkerPlan, make_run_id, plan_fleet
 from ..sink import resolve_root, run_dir
 from ..source import mask_text, mask_url
 from ..spec import FleetSpec
-from . import _nsight
+from . import _nsight, _pair
 from ._connect import connect
 from ._nodes import inventory, node_labels, pinned
 from ._sink import RunSink, nodes_to_probe, resolve_mode
@@ -77,6 +77,7 @@ def _plan(spec: FleetSpec, run_id: str, embedded: bool, checked: bool) -> tuple[
 def plan_on_cluster(spec: FleetSpec, address: str | None) -> tuple[list[WorkerPlan], dict[str, str]]:
     """``rayprof validate --address``: the placement a submit would use now, starting nothing."""
     address = address or spec.address
+    spec = driver.resolve_splits(spec)
     started = connect(address, spec)
     try:
         plans, labels, _facts = _plan(spec, make_run_id(spec.run), embedded=started, checked=False)
@@ -91,6 +92,7 @@ def submit(spec: FleetSpec, address: str | None = None) -> int:
     address = address or spec.address
     embedded = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
     run_id = make_run_id(spec.run)
+    spec = driver.resolve_splits(spec)  # split: all → the model's points
     if embedded:  # bad input fails before a local Ray is started
         driver.preflight(spec, local=True)
         if not any(w.node for w in spec.workers):  # Ray names this machine's node by its own IP
@@ -116,18 +118,33 @@ def submit(spec: FleetSpec, address: str | None = None) -> int:
             ray.shutdown()
 
 
+def _start(plans: list[WorkerPlan], run_id: str, sink: RunSink) -> dict:
+    """One actor per plan; a split pair's tail first, so its head can be given the way to it."""
+    Worker, Tail = ray.remote(_nsight.GracefulWorker), ray.remote(_pair.GracefulTail)
+    actors = {}
+    for p in sorted(plans, key=lambda p: p.role != "tail"):
+        opts = _actor_options(p, run_id)
+        if p.role == "tail":
+            opts["max_concurrency"] = _pair.max_concurrency(p.window)
+            actors[p.actor_id] = Tail.options(**opts).remote(_for_ray(p), sink.emitter(p), context=ray_context,
+                                                             fetch=_pair.fetch)
+        else:
+            link = _pair.RayLink(actors[p.peer], p.peer) if p.role == "head" else None
+            actors[p.actor_id] = Worker.options(**opts).remote(_for_ray(p), sink.emitter(p), context=ray_context,
+                                                               link=link)
+    return actors
+
+
 def _run(plans, run_id, root, manifest, t_submit, labels: dict[str, str], sink: RunSink) -> int:
     con = driver.console()
-    Remote = ray.remote(_nsight.GracefulWorker)
-    actors = {p.actor_id: Remote.options(**_actor_options(p, run_id)).remote(
-        _for_ray(p), sink.emitter(p), context=ray_context) for p in plans}
     res = ray.cluster_resources()
+    phases = sorted({p.phase for p in plans})
     con.print(f"rayprof submit {run_id}: {len(plans)} actor(s) on Ray ({res.get('CPU', 0):g} CPUs, "
-              f"{res.get('GPU', 0):g} GPUs) → {mask_url(run_dir(root, run_id))}")
-    pending = {actors[aid].run.remote(): aid for aid in actors}
+              f"{res.get('GPU', 0):g} GPUs)" + (f" in {len(phases)} sweep points, one after another" if len(phases) > 1 else "")
+              + f" → {mask_url(run_dir(root, run_id))}")
     results: dict[str, dict] = {}
     view = driver.ProgressView(plans, node_labels=labels)
-    stop_deadline = None
+    stopping = _Stopping()
 
     def finish_actor(aid: str, result: dict) -> None:
         results[aid] = result
@@ -136,47 +153,22 @@ def _run(plans, run_id, root, manifest, t_submit, labels: dict[str, str], sink: 
         view.latest.setdefault(aid, {"actor_id": aid}).update(
             {k: result[k] for k in ("status", "steps", "frames") if k in result})
 
-    def stop_all():
-        nonlocal stop_deadline
-        if stop_deadline is None:
-            stop_deadline = time.monotonic() + STOP_GRACE_S
-            for aid, a in actors.items():
-                if aid not in results:
-                    a.stop.remote()
-
-    try:
-        with driver.stop_on_signals(stop_all):
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_S)
-                for ref in ready:
-                    aid = pending.pop(ref)
-                    try:
-                        finish_actor(aid, ray.get(ref).to_dict())
-                    except RayError as e:
-                        finish_actor(aid, {"status": "failed", "ended_by": "error", "error": _error_text(e)})
-                # progress: whatever answers within the poll; a busy or pending actor keeps its last
-                refs = [actors[aid].progress.remote() for aid in pending.values()]
-                done, _ = ray.wait(refs, num_returns=len(refs), timeout=POLL_S) if refs else ([], [])
-                progress = []
-                for ref in done:
-                    try:
-                        progress.append(ray.get(ref))
-                    except RayError:
-                        pass
-                view.update(progress)
-                if stop_deadline is not None and time.monotonic() > stop_deadline:
-                    raise KeyboardInterrupt  # the grace period is over
-    except KeyboardInterrupt:  # a second Ctrl-C, or actors that ignored stop(): end them now
-        for ref, aid in list(pending.items()):
-            ray.kill(actors[aid])
-            finish_actor(aid, {"status": "stopped", "ended_by": "stop", "error": "killed: did not stop in time"})
-        pending.clear()
-        stop_deadline = stop_deadline or time.monotonic()
+    with driver.stop_on_signals(stopping.request):
+        for phase in phases:
+            batch = [p for p in plans if p.phase == phase]
+            if stopping.requested:  # a stopped sweep leaves its later points unrun
+                for p in batch:
+                    finish_actor(p.actor_id, {"status": "stopped", "ended_by": "stop", "error": "not started: the run was stopped"})
+                continue
+            actors = _start(batch, run_id, sink)
+            _watch(batch, actors, results, finish_actor, view, stopping)
+            _nsight.collect_reports(batch, actors, results, root, run_id, manifest)  # profile.nsys: every .nsys-rep
+            for a in actors.values():  # free the phase's resources for the next one
+                ray.kill(a)
     view.close()
-    _nsight.collect_reports(plans, actors, results, root, run_id, manifest)  # profile.nsys: every .nsys-rep
     sink_stats = sink.finish()
     status, code = driver.run_status(results.values())
-    if stop_deadline is not None and status == "completed":
+    if stopping.requested and status == "completed":
         status, code = "stopped", driver.EXIT_FAILED
     first_step_s = driver.first_step_after(root, run_id, t_submit)
     manifest.finish(status, code, dataset_stats=sink_stats,
@@ -184,6 +176,65 @@ def _run(plans, run_id, root, manifest, t_submit, labels: dict[str, str], sink: 
     first = f"{first_step_s:.1f} s" if first_step_s else "never"
     driver.print_summary(root, run_id, driver.worker_statuses(results, plans),
                          header=f"run {run_id}: {status} in {manifest.data['duration_s']:.1f} s "
-                                f"({len(plans)} actors; first step {first} after submit)")
+                                f"({len(plans)} actors; first step {first} after submit)", manifest=manifest)
     driver.print_failures(results)
     return code
+
+
+class _Stopping:
+    """Ctrl-C / SIGTERM: ask every actor to stop, then kill what has not after a grace period."""
+
+    def __init__(self):
+        self.requested = False
+        self.deadline: float | None = None
+        self.actors: dict = {}
+        self.done: dict = {}
+
+    def request(self) -> None:
+        if not self.requested:
+            self.requested = True
+            self.deadline = time.monotonic() + STOP_GRACE_S
+            for aid, a in self.actors.items():
+                if aid not in self.done:
+                    a.stop.remote()
+
+    def overdue(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+
+def _watch(plans, actors, results, finish_actor, view, stopping: _Stopping) -> None:
+    """Wait for one phase's actors to end, updating the progress view; a head that ends tells
+    its tail that nothing more will come (whatever the head managed to say itself)."""
+    stopping.actors, stopping.done = actors, results
+    if stopping.requested:
+        stopping.request()
+    by_id = {p.actor_id: p for p in plans}
+    pending = {actors[aid].run.remote(): aid for aid in actors}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_S)
+            for ref in ready:
+                aid = pending.pop(ref)
+                try:
+                    finish_actor(aid, ray.get(ref).to_dict())
+                except RayError as e:
+                    finish_actor(aid, {"status": "failed", "ended_by": "error", "error": _error_text(e)})
+                if by_id[aid].role == "head" and by_id[aid].peer not in results:
+                    actors[by_id[aid].peer].end.remote(None)
+            # progress: whatever answers within the poll; a busy or pending actor keeps its last
+            refs = [actors[aid].progress.remote() for aid in pending.values()]
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=POLL_S) if refs else ([], [])
+            progress = []
+            for ref in done:
+                try:
+                    progress.append(ray.get(ref))
+                except RayError:
+                    pass
+            view.update(progress)
+            if stopping.overdue():
+                raise KeyboardInterrupt  # the grace period is over
+    except KeyboardInterrupt:  # a second Ctrl-C, or actors that ignored stop(): end them now
+        for ref, aid in list(pending.items()):
+            ray.kill(actors[aid])
+            finish_actor(aid, {"status": "stopped", "ended_by": "stop", "error": "killed: did not stop in time"})
+        stopping.requested = True

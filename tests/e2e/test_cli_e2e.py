@@ -61,6 +61,27 @@ def test_validate_the_main_job():
     assert res.stdout.count("sample (loop)") == 5 and "retrain" in res.stdout and "spec OK" in res.stdout
 
 
+def test_validate_the_split_job():
+    res = rayprof("validate", "jobs/split.yaml")
+    assert res.returncode == 0, res.stderr
+    for actor in ("resnet50-split-p0-0", "resnet50-split-p1-0-head", "resnet50-split-p2-0-tail"):
+        assert actor in res.stdout
+    assert "layer2 head" in res.stdout and "layer3 tail" in res.stdout and "spec OK" in res.stdout
+
+
+def test_run_with_the_original_split_point_flag(small_video, tmp_path):
+    res = rayprof("run", "--model-name", "mobilenet_v3_small", "--input_path", str(small_video), "--batch-size", "4",
+                  "--split-point", "mobilenet_v3_small:features.6", "--max-steps", "5", "--warmup-steps", "1",
+                  "--output", str(tmp_path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "split after features.6 (head on cpu)" in res.stdout
+    for stage in (" transfer ", " e2e "):
+        assert stage in res.stdout
+    (run_id,) = runs_in(tmp_path)
+    df = pd.read_parquet(tmp_path / f"run={run_id}")
+    assert set(df.role) == {"split"} and set(df.split_point) == {"features.6"} and df.transfer_ms.notna().all()
+
+
 @pytest.mark.slow
 def test_submit_the_main_job(tmp_path):
     """`rayprof submit jobs/fleet.yaml` on an embedded local Ray, shortened with --set."""
@@ -90,6 +111,7 @@ def test_submit_the_main_job(tmp_path):
         (["run", "--input_path", "/definitely/not/here.mp4"], "--input_path = '/definitely/not/here.mp4'"),
         (["run", "--input_path", "{text}"], "is not a video"),
         (["run", "--model-name", "resnet5000"], "--model-name = 'resnet5000'"),
+        (["run", "--model-name", "resnet18", "--split-point", "layer9"], "--split-point = 'layer9': is not a split point"),
         (["validate", "{spec}"], "did you mean 'batch_size'"),
     ],
 )

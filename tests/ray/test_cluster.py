@@ -76,6 +76,52 @@ def test_spread_and_node_by_id(cluster, small_video, tmp_path):
     assert set(df.node_id) == {ids["node1"]}
 
 
+def test_split_sweep_with_head_and_tail_on_different_nodes(cluster, small_video, tmp_path, capsys):
+    _c, ids, _nodes = cluster
+    spec = spec_for(small_video, tmp_path, [
+        {"name": "pair", "model": {"name": "mobilenet_v3_small", "split": ["none", "features.6"]}, "max_steps": 5,
+         "pair": {"placement": "different-nodes", "window": 2}}])
+    assert fleet.submit(spec) == 0
+    run_id = only_run(tmp_path)
+    df = read_table(tmp_path, run_id).to_pandas()
+    man = read_manifest(tmp_path, run_id)
+    assert set(man["actors"]) == {"pair-p0-0", "pair-p1-0-head", "pair-p1-0-tail"}
+    full = df[df.sweep_point == "split=none"]
+    assert set(full.role) == {"full"} and sorted(full.step) == list(range(5))
+    head, tail = df[df.role == "head"], df[df.role == "tail"]
+    assert sorted(head.step) == sorted(tail.step) == list(range(5)), "one row per batch on each side"
+    assert set(head.pair_id) == set(tail.pair_id) == {"pair-p1-0"}
+    assert set(head.split_point) == set(tail.split_point) == {"features.6"}
+    assert head.node_id.nunique() == tail.node_id.nunique() == 1 and set(head.node_id) != set(tail.node_id)
+    assert tail.transfer_ms.notna().all() and tail.read_ms.isna().all() and head.wait_ms.notna().all()
+    (verdict,) = man["split_sweep"]
+    assert verdict["worker"] == "pair" and {verdict["lowest_latency"], verdict["highest_throughput"]} <= {"none", "features.6"}
+    out = capsys.readouterr().out
+    assert "exec (tail)" in out and "e2e" in out and "split sweep pair: lowest end-to-end latency at" in out
+
+
+def test_a_dead_tail_fails_its_head_in_one_line(cluster, small_video, tmp_path):
+    spec = spec_for(small_video, tmp_path, [
+        {"name": "pair", "model": {"name": "mobilenet_v3_small", "split": "features.6"}, "max_steps": 0,
+         "pair": {"placement": "different-nodes"}}])
+    out = {}
+    t = threading.Thread(target=lambda: out.update(code=fleet.submit(spec)))
+    t.start()
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.glob("run=*/worker=pair/part-pair-0-tail-*.parquet")):
+        assert time.monotonic() < deadline and t.is_alive(), "the tail never flushed"
+        time.sleep(0.2)
+    ray.kill(ray.get_actor(f"rayprof:{only_run(tmp_path)}:pair-0-tail"))
+    t.join(timeout=240)
+    assert not t.is_alive() and out["code"] == 1
+    man = read_manifest(tmp_path, only_run(tmp_path))
+    head, tail = man["actors"]["pair-0-head"], man["actors"]["pair-0-tail"]
+    assert tail["status"] == "failed" and tail["error"].startswith("actor died")
+    assert head["status"] == "failed" and head["error"].startswith("RuntimeError: tail pair-0-tail is gone ("), head
+    df = read_table(tmp_path, only_run(tmp_path)).to_pandas()
+    assert sorted(df[df.role == "head"].step) == list(range(head["steps"])), "the head's rows kept, each once"
+
+
 def test_impossible_requests_fail_in_seconds_naming_the_nodes(cluster, small_video, tmp_path):
     cases = [
         ({"name": "x", "resources": {"lidar": 1}}, r"workers\[0\].*lidar=1, which no node offers.*node0=1"),

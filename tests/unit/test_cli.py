@@ -102,9 +102,9 @@ def test_validate_prints_the_plan(runner, small_video, tmp_path):
     res = runner.invoke(main, ["validate", str(write_spec(tmp_path, small_video)), "--set", "workers.a.batch_size=5"])
     assert res.exit_code == 0, res.output
     out = res.output
-    for col in ("worker", "replica", "source", "model", "mode", "batch", "prep", "exec", "cores"):
+    for col in ("actor", "worker", "source", "model", "mode", "batch", "prep", "exec", "cores"):
         assert col in out
-    lines = [line for line in out.splitlines() if line.lstrip().startswith(("a ", "b "))]
+    lines = [line for line in out.splitlines() if line.lstrip().startswith(("a-0 ", "b-0 ", "b-1 "))]
     assert len(lines) == 3 and "5" in lines[0].split() and "simple@cpu" in lines[0]
     assert "spec OK" in out
     assert not (tmp_path / "runs").exists()  # validate starts nothing, writes nothing
