@@ -197,8 +197,9 @@ def _stats(values: np.ndarray) -> list[float]:
 # --------------------------------------------------------------------------- split pairs
 
 #: batch columns (see :func:`batches`) → the stage names the final table shows
-BATCH_STAGES = {"read": "read", "prep": "prep", "exec": "exec", "head": "exec (head)", "transfer": "transfer",
-                "tail": "exec (tail)", "head_wait": "wait (head)", "tail_wait": "wait (tail)", "total": "total"}
+BATCH_STAGES = {"read": "read", "prep": "prep", "exec": "exec", "head": "exec (head)", "head_wait": "wait (head)",
+                "transfer": "transfer", "queue": "queue", "tail_wait": "wait (tail)", "tail": "exec (tail)",
+                "total": "total"}
 
 
 def batches(df: pd.DataFrame) -> pd.DataFrame:
@@ -209,29 +210,34 @@ def batches(df: pd.DataFrame) -> pd.DataFrame:
     joined on (run, pair, sweep point, step): ``head_ms``/``tail_ms`` are the halves' compute,
     ``transfer_ms`` is both sides of the transfer (the head's serialise/put plus the tail's
     fetch/deserialise/copy), ``head_wait_ms`` the head blocked on a full window (the tail is
-    behind), ``tail_wait_ms`` the tail idle (the head is behind), and ``total_ms`` the
-    end-to-end latency from the head's step start to the tail's end (wall clocks: across nodes
+    behind), ``queue_ms`` the batch waiting in the tail's inbox while the tail finished earlier
+    ones (from the head's hand-off to the tail taking it), ``tail_wait_ms`` the tail idle (the
+    head is behind), and ``total_ms`` the end-to-end latency from the head's step start to the
+    tail's end: about head + queue + the tail's transfer and exec (wall clocks: across nodes
     it is as good as their clock sync). ``t_start`` is the head's, so :func:`summarize` over
     these rows gives the pair's throughput of finished batches. A head row without its tail
     row (a run cut short) is left out.
     """
     if df.empty:
-        return df.assign(head_ms=[], tail_ms=[], head_wait_ms=[], tail_wait_ms=[])
+        return df.assign(head_ms=[], tail_ms=[], head_wait_ms=[], queue_ms=[], tail_wait_ms=[])
     role = df["role"]
     whole = df[~role.isin(["head", "tail"])].assign(head_ms=np.nan, tail_ms=np.nan, head_wait_ms=np.nan,
-                                                       tail_wait_ms=np.nan)
+                                                       queue_ms=np.nan, tail_wait_ms=np.nan)
     head, tail = df[role == "head"], df[role == "tail"]
     if head.empty or tail.empty:
         return whole
     keys = [k for k in ("run_id", "pair_id", "sweep_point", "step") if k in df]
     cols = keys + ["t_start", "total_ms", "exec_ms", "transfer_ms", "wait_ms", "frames", "loss", "node_ip", "node_id"]
     joined = head.merge(tail[[c for c in cols if c in tail]], on=keys, how="inner", suffixes=("", "_tail"))
-    end_ns = joined["t_start_tail"].astype("int64") + (joined["total_ms_tail"] * 1e6).astype("int64")
+    start_ns, tail_ns = joined["t_start"].astype("int64"), joined["t_start_tail"].astype("int64")
+    end_ns = tail_ns + (joined["total_ms_tail"] * 1e6).astype("int64")
+    handed_ms = (start_ns - tail_ns) / 1e6 + joined["total_ms"]  # the head's hand-off, in ms after the tail began waiting
     pairs = joined.assign(
         role="pair", head_ms=joined["exec_ms"], tail_ms=joined["exec_ms_tail"], exec_ms=np.nan,
         transfer_ms=joined["transfer_ms"].fillna(0) + joined["transfer_ms_tail"].fillna(0),
         head_wait_ms=joined["wait_ms"], tail_wait_ms=joined["wait_ms_tail"], wait_ms=np.nan,
-        total_ms=(end_ns - joined["t_start"].astype("int64")) / 1e6,
+        queue_ms=(joined["wait_ms_tail"].fillna(0) - handed_ms).clip(lower=0),
+        total_ms=(end_ns - start_ns) / 1e6,
         frames=joined["frames_tail"], loss=joined["loss_tail"])
     pairs = pairs[[c for c in whole.columns if c in pairs]]
     return pd.concat([whole, pairs], ignore_index=True) if not whole.empty else pairs.reset_index(drop=True)

@@ -164,6 +164,14 @@ def test_batches_join_head_and_tail_end_to_end():
     assert list(b["total_ms"]) == [110.0, 110.0]  # tail end (40 + 70) - head start (0)
     assert list(b["transfer_ms"]) == [6.0, 6.0] and list(b["head_ms"]) == [40.0, 40.0] and list(b["tail_ms"]) == [60.0, 60.0]
     assert list(b["head_wait_ms"]) == [3.0, 3.0] and list(b["tail_wait_ms"]) == [6.0, 6.0]
+    assert list(b["queue_ms"]) == [0.0, 0.0]  # the tail took each batch (40 + 6) before the head handed it off (50)
+
+
+def test_queue_is_the_time_a_batch_sat_in_the_tails_inbox():
+    head = rows("head", [0, 1], [0, 50], 50.0)  # handed off at 50 and 100
+    tail = rows("tail", [0, 1], [40, 140], 100.0, wait=10.0)  # took them at 50 and 150: batch 1 sat 50 ms
+    b = batches(pd.concat([head, tail], ignore_index=True))
+    assert list(b["queue_ms"]) == [0.0, 50.0] and list(b["total_ms"]) == [140.0, 190.0]
 
 
 def test_sweep_verdict_names_the_fastest_and_the_busiest_cut():
@@ -184,6 +192,6 @@ def test_summary_table_shows_a_pair_per_batch():
     con = Console(width=200, record=True)
     con.print(summary_table(df, {"s": "completed"}))
     text = con.export_text()
-    for stage in ("exec (head)", "exec (tail)", "transfer", "wait (head)", "wait (tail)", "e2e"):
+    for stage in ("exec (head)", "exec (tail)", "transfer", "queue", "wait (head)", "wait (tail)", "e2e"):
         assert stage in text
     assert " total " not in text
