@@ -40,7 +40,7 @@ from .model import ModelRunner, build_model, find_head
 from .plan import WorkerPlan
 from .split import cut
 from .timing import StageTimer
-from .worker import MAX_BUFFERED_ROWS, StreamWorker
+from .worker import StreamWorker
 
 __all__ = ["Handoff", "Inbox", "Link", "LocalLink", "Shipper", "SplitRunner", "TailWorker", "build_halves",
            "cut_model", "head_runner"]
@@ -295,10 +295,8 @@ class TailWorker(StreamWorker):
         take, done, fetch = self.inbox.take, self.inbox.done, self._fetch
         device, sync, run_step = self.runner.device, self.runner.synchronize, self.runner.step
         append, stopped = self.buffer.append, self._stop.is_set
-        max_steps, warmup_steps, flush_s = p.max_steps, p.warmup_steps, p.flush_interval_s
-        labels_gen = torch.Generator().manual_seed(p.seed + p.replica)
-        make_labels = self.runner.make_labels if p.mode == "retrain" else None
-        profile_step = self._tracer.step
+        max_steps, warmup_steps = p.max_steps, p.warmup_steps
+        make_labels, labels_gen = self._labels()
         last_flush = clock()
         step = 0
         while True:
@@ -327,12 +325,7 @@ class TailWorker(StreamWorker):
                               timer.total_ms(), h.frames, h.dropped, age_ms, loss, ms["wait"]))
             done(step)
             step += 1
-            self._steps = step
-            self._frames += h.frames
-            profile_step()
-            if len(self.buffer) >= MAX_BUFFERED_ROWS or clock() - last_flush >= flush_s:
-                self._flush()
-                last_flush = clock()
+            last_flush = self._stepped(step, h.frames, last_flush)
 
 
 class LocalLink:

@@ -330,8 +330,6 @@ class StreamWorker:
         return result
 
     def _loop(self) -> str:
-        import torch
-
         p = self.plan
         # the hot path reads locals only: every attribute lookup here is paid once per step
         clock, wall = self._clock, self._wall
@@ -340,10 +338,8 @@ class StreamWorker:
         read, prep, run_step = self.source.read, self.prep, self.runner.step
         prep_sync, exec_sync = self._prep_sync, self.runner.synchronize
         append, stopped = self.buffer.append, self._stop.is_set
-        batch_size, max_steps, warmup_steps, flush_s = p.batch_size, p.max_steps, p.warmup_steps, p.flush_interval_s
-        labels_gen = torch.Generator().manual_seed(p.seed + p.replica)
-        make_labels = self.runner.make_labels if p.mode == "retrain" else None
-        profile_step = self._tracer.step  # a no-op without profile.torch
+        batch_size, max_steps, warmup_steps = p.batch_size, p.max_steps, p.warmup_steps
+        make_labels, labels_gen = self._labels()
         shipper = self._shipper  # a split pair's head: after exec, the activation goes to the tail
         wait_room, ship = (shipper.wait_room, shipper.ship) if shipper is not None else (None, None)
         output = (lambda: self.runner.last_output) if shipper is not None else None
@@ -388,12 +384,27 @@ class StreamWorker:
             append(StepRecord(step, step < warmup_steps, t_wall, ms["read"], ms["prep"], exec_ms, transfer_ms,
                               timer.total_ms(), n, batch.dropped, age_ms, loss, wait_ms))
             step += 1
-            self._steps = step
-            self._frames += n
-            profile_step()
-            if len(self.buffer) >= MAX_BUFFERED_ROWS or clock() - last_flush >= flush_s:
-                self._flush()
-                last_flush = clock()
+            last_flush = self._stepped(step, n, last_flush)
+
+    def _labels(self):
+        """Retrain: the label maker and its generator (seeded per replica); else (None, None)."""
+        import torch
+
+        p = self.plan
+        if p.mode != "retrain":
+            return None, None
+        return self.runner.make_labels, torch.Generator().manual_seed(p.seed + p.replica)
+
+    def _stepped(self, steps: int, frames: int, last_flush: float) -> float:
+        """After a step's row: the progress counters, the profiler's schedule (a no-op without
+        profile.torch), and a flush when due. Returns the time of the last flush."""
+        self._steps = steps
+        self._frames += frames
+        self._tracer.step()
+        if len(self.buffer) >= MAX_BUFFERED_ROWS or self._clock() - last_flush >= self.plan.flush_interval_s:
+            self._flush()
+            return self._clock()
+        return last_flush
 
     def _flush(self) -> None:
         """Hand the buffered rows to the emitter (which keeps them until delivered)."""
