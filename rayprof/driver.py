@@ -34,26 +34,45 @@ def preflight(spec: FleetSpec, *, local: bool = True) -> None:
     """Semantic checks before anything starts; raises the first UserError.
 
     ``local``: the workers run on this machine, so files, cores and GPUs are checked here.
+    Every sweep point's workers are checked; an error in a value the sweep set names the
+    ``sweep`` key that set it.
     """
+    from .sweep import points
+
+    seen: set[str] = set()
+    for point in points(spec):
+        for i, w in enumerate(point.spec.workers):
+            key = w.model_dump_json()
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                _check_worker(f"workers[{i}]", w, local)
+            except UserError as e:
+                swept = next((k for k, v in point.values if str(v) == str(e.value)), None)
+                if swept is None or spec.sweep is None:
+                    raise
+                raise UserError(f"sweep.{swept}", e.value, e.problem, e.fix) from None
+
+
+def _check_worker(f: str, w, local: bool) -> None:
     from .model import ModelRunner, check_device, check_model, is_local_path
     from .prep import check_prep
     from .samples import resolve_uri
     from .source import SourceSettings, check_source
 
-    for i, w in enumerate(spec.workers):
-        f = f"workers[{i}]"
-        check_model(w.model.name, w.model.weights, field_prefix=f"{f}.model", mode=w.mode,
-                    compile=w.model.compile, num_classes=w.model.num_classes)
-        if local and w.model.weights and is_local_path(w.model.weights):  # load it once: wrong files fail here
-            ModelRunner(w.model.name, mode=w.mode, device="cpu", weights=w.model.weights,
-                        num_classes=w.model.num_classes, field_prefix=f"{f}.model")
-        check_prep(w.prep.level, w.prep.device if local and w.prep.device != "auto" else "cpu", field=f"{f}.prep.level")
-        if local and w.device != "auto":
-            check_device(w.device, field=f"{f}.device")
-        if local:
-            check_source(SourceSettings(uri=resolve_uri(w.source.uri), width=w.source.width,
-                                        height=w.source.height, field=f"{f}.source.uri"))
-        _check_split(f, w, local)
+    check_model(w.model.name, w.model.weights, field_prefix=f"{f}.model", mode=w.mode,
+                compile=w.model.compile, num_classes=w.model.num_classes)
+    if local and w.model.weights and is_local_path(w.model.weights):  # load it once: wrong files fail here
+        ModelRunner(w.model.name, mode=w.mode, device="cpu", weights=w.model.weights,
+                    num_classes=w.model.num_classes, field_prefix=f"{f}.model")
+    check_prep(w.prep.level, w.prep.device if local and w.prep.device != "auto" else "cpu", field=f"{f}.prep.level")
+    if local and w.device != "auto":
+        check_device(w.device, field=f"{f}.device")
+    if local:
+        check_source(SourceSettings(uri=resolve_uri(w.source.uri), width=w.source.width,
+                                    height=w.source.height, field=f"{f}.source.uri"))
+    _check_split(f, w, local)
 
 
 def _check_split(f: str, w, local: bool) -> None:

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 from .placement import Node, Slot, cpu_request, place, with_placement
 from .source import SourceSettings
+from . import sweep
 from .spec import FleetSpec, WorkerSpec, split_points_of
 
 
@@ -101,33 +102,27 @@ def plan_fleet(
     CUDA when the target has a GPU. See :mod:`rayprof.placement` for the rules.
 
     A split worker (``model.split``) becomes a head and a tail actor (or one ``split`` actor with
-    ``pair.in_process``). A worker that lists several split points sweeps them: point *k* of
-    every sweeping worker runs in phase *k*, beside the workers that do not sweep, and each
-    phase is placed on the whole cluster because phases run one after another."""
+    ``pair.in_process``). A sweep (:mod:`rayprof.sweep`) makes one phase per point: its plans
+    carry the point's label and phase, and each phase is placed on the whole cluster (or the
+    first ``nodes`` of it) because phases run one after another."""
     if nodes is None:
         gpus = (1.0 if cuda_available else 0.0) if gpus is None else gpus
         nodes = [local_node(cores_available, gpus)]
     else:
         cuda_available = any(n.gpus > 0 for n in nodes)
-    points = [split_points_of(w) for w in spec.workers]
-    phases = max(len(p) for p in points)
+    nodes = sorted(nodes, key=lambda n: (not n.is_driver, n.ip, n.node_id or ""))  # the driver's node first
+    run_points = sweep.points(spec)
     plans: list[WorkerPlan] = []
-    for phase in range(phases):
-        label = _sweep_label(points, phase) if phases > 1 else None
+    for phase, point in enumerate(run_points):
+        sweep.nodes_field_check(point.nodes, len(nodes))
         slots, mine = [], []
-        for i, w in enumerate(spec.workers):
-            point = points[i][phase] if len(points[i]) > 1 else points[i][0]
-            for slot, plan in _actors(spec, run_id, i, w, point, cuda_available, phase if phases > 1 else None):
+        for i, w in enumerate(point.spec.workers):
+            for slot, plan in _actors(spec, run_id, i, w, split_points_of(w)[0], cuda_available,
+                                      phase if len(run_points) > 1 else None):
                 slots.append(slot)
-                mine.append(replace(plan, sweep_point=label, phase=phase))
-        plans += with_placement(mine, place(slots, nodes))
+                mine.append(replace(plan, sweep_point=point.label, phase=phase))
+        plans += with_placement(mine, place(slots, nodes[:point.nodes] if point.nodes else nodes))
     return plans
-
-
-def _sweep_label(points: list[list[str | None]], phase: int) -> str:
-    """``split=layer3``: the sweeping workers' point in this phase (``none``: unsplit)."""
-    here = dict.fromkeys(p[phase] or "none" for p in points if len(p) > 1)
-    return "split=" + "/".join(here)
 
 
 def _actors(spec: FleetSpec, run_id: str, i: int, w: WorkerSpec, point: str | None, cuda: bool,

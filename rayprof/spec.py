@@ -197,6 +197,25 @@ class WorkerSpec(_Strict):
         return v
 
 
+class SweepSpec(_Strict):
+    """``sweep:``: a grid of settings run one point after another, as one run. Every key is a
+    list; the points are every combination, in the order the keys are written."""
+
+    batch_size: list[int] | None = Field(None, description="batch sizes")
+    replicas: list[int] | None = Field(None, description="replicas per worker")
+    nodes: list[int] | None = Field(None, description="how many of the cluster's nodes to use (the driver's first)")
+    model: list[str] | None = Field(None, description="model names")
+    device: list[str] | None = Field(None, description="where the model runs")
+    prep_device: list[str] | None = Field(None, description="where preprocessing runs")
+    split: list[str] | None = Field(None, description="split points (none: unsplit)")
+    workers: list[str] | None = Field(None, description="the workers the sweep applies to (default: all)")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _list(cls, v: Any) -> Any:
+        return v if v is None or isinstance(v, list) else [v]
+
+
 class FleetSpec(_Strict):
     """The whole job."""
 
@@ -210,6 +229,7 @@ class FleetSpec(_Strict):
     runtime_env: dict[str, Any] = Field(default_factory=dict, description="Ray runtime_env added to every actor (pip, env_vars, ...)")
     defaults: dict[str, Any] = Field(default_factory=dict)
     workers: list[WorkerSpec] = Field(min_length=1)
+    sweep: SweepSpec | None = Field(None, description="a grid of settings, run one point after another")
 
     @field_validator("run")
     @classmethod

@@ -1,0 +1,120 @@
+"""Sweeps: a run whose settings change from one point to the next. Pure: no Ray, no I/O.
+
+A spec sweeps in one of two ways, and each point becomes one phase of the run (phases run one
+after another, each on the whole cluster):
+
+- ``sweep:`` at the top level, a grid: every combination of the listed values, in key order
+  (``batch_size``, ``replicas``, ``nodes``, ``model``, ``device``, ``prep_device``, ``split``),
+  applied to the workers it names (all by default); the others run unchanged at every point.
+  Labels read ``batch_size=8,replicas=2``.
+- ``model.split`` as a list on one or more workers (the split-point sweep): point *k* of every
+  sweeping worker runs in phase *k*. Labels read ``split=layer3``.
+
+:func:`points` turns a spec into its points; each point's spec has one split point per worker,
+so planning a point is planning an ordinary spec.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from .errors import UserError, did_you_mean
+from .spec import NO_SPLIT, FleetSpec, WorkerSpec, split_points_of
+
+#: sweep key → the worker field it sets (``nodes`` is the cluster's, ``workers`` a filter)
+GRID_KEYS = ("batch_size", "replicas", "nodes", "model", "device", "prep_device", "split")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One point of a run: its label (None when the run does not sweep), the spec as it runs
+    there, how many nodes it may use (None: all) and the values it sets (key → value)."""
+
+    label: str | None
+    spec: FleetSpec
+    nodes: int | None = None
+    values: tuple[tuple[str, object], ...] = ()
+
+
+def points(spec: FleetSpec) -> list[Point]:
+    """The run's points, in the order they run (a run that does not sweep has one)."""
+    if spec.sweep is not None:
+        if any(isinstance(w.model.split, list) for w in spec.workers):
+            raise UserError("sweep", "with a model.split list", "sweeps twice",
+                            "put the split points under sweep.split, or drop the sweep block")
+        return _grid(spec)
+    lists = [split_points_of(w) for w in spec.workers]
+    phases = max(len(p) for p in lists)
+    if phases == 1:
+        return [Point(None, _with_splits(spec, [p[0] for p in lists]))]
+    out = []
+    for k in range(phases):
+        chosen = [p[k] if len(p) > 1 else p[0] for p in lists]
+        here = dict.fromkeys(c or NO_SPLIT for c, p in zip(chosen, lists) if len(p) > 1)
+        out.append(Point("split=" + "/".join(here), _with_splits(spec, chosen), values=(("split", "/".join(here)),)))
+    return out
+
+
+def _with_splits(spec: FleetSpec, chosen: list[str | None]) -> FleetSpec:
+    """The spec with each worker cut at its chosen point (or unsplit)."""
+    workers = [w if w.model.split == c else w.model_copy(update={"model": w.model.model_copy(update={"split": c})})
+               for w, c in zip(spec.workers, chosen)]
+    return spec.model_copy(update={"workers": workers, "sweep": None})
+
+
+def _grid(spec: FleetSpec) -> list[Point]:
+    sweep = spec.sweep
+    keys = [k for k in GRID_KEYS if getattr(sweep, k) is not None]
+    if not keys:
+        raise UserError("sweep", "{}", "lists no values", f"list values under one or more of: {', '.join(GRID_KEYS)}")
+    for k in keys:
+        values = getattr(sweep, k)
+        if not values:
+            raise UserError(f"sweep.{k}", "[]", "is an empty list", "list one or more values, or remove the key")
+        if len(set(map(str, values))) != len(values):
+            raise UserError(f"sweep.{k}", values, "lists a value twice", "list each value once")
+    names = [w.name for w in spec.workers]
+    for name in sweep.workers or ():
+        if name not in names:
+            raise UserError("sweep.workers", name, "is not a worker of this spec" + did_you_mean(name, names),
+                            f"name one of: {', '.join(names)}")
+    targets = set(sweep.workers or names)
+    out = []
+    for combo in itertools.product(*(getattr(sweep, k) for k in keys)):
+        values = dict(zip(keys, combo))
+        workers = [_at(w, values) if w.name in targets else w for w in spec.workers]
+        label = ",".join(f"{k}={v}" for k, v in values.items())
+        at = spec.model_copy(update={"workers": workers, "sweep": None})
+        out.append(Point(label, _with_splits(at, [split_points_of(w)[0] for w in workers]), values.get("nodes"),
+                         tuple(values.items())))
+    return out
+
+
+def _at(w: WorkerSpec, values: dict) -> WorkerSpec:
+    """Worker ``w`` with the sweep's values of one point (validated as if written in the spec)."""
+    data = w.model_dump()
+    setters = {"batch_size": ("batch_size",), "replicas": ("replicas",), "model": ("model", "name"),
+               "device": ("device",), "prep_device": ("prep", "device"), "split": ("model", "split")}
+    for key, path in setters.items():
+        if key in values:
+            target = data
+            for part in path[:-1]:
+                target = target[part]
+            target[path[-1]] = None if key == "split" and str(values[key]).lower() == NO_SPLIT else values[key]
+    try:
+        return WorkerSpec.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = next((k for k, path in setters.items() if tuple(err["loc"][:len(path)]) == path), "sweep")
+        raise UserError(f"sweep.{key}", values.get(key), err["msg"].removeprefix("Value error, "),
+                        "see the sweep reference in the README") from None
+
+
+def nodes_field_check(n: int | None, available: int) -> None:
+    """``sweep.nodes`` asks for no more nodes than the cluster has."""
+    if n is not None and (n < 1 or n > available):
+        raise UserError("sweep.nodes", n, f"but the cluster has {available} node(s)",
+                        f"use 1..{available}, or start more nodes")
