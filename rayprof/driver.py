@@ -353,6 +353,35 @@ def summary_table(df: pd.DataFrame, statuses: dict[str, str] | None = None):
     return t
 
 
+def sweep_summary(df: pd.DataFrame) -> pd.DataFrame | None:
+    """Per sweep point, in the order they ran: the whole fleet's throughput and end-to-end
+    latency, and the scaling efficiencies of :func:`rayprof.sweep.scaling`. None: no sweep."""
+    from .sweep import scaling
+
+    if df.empty or "sweep_point" not in df or df["sweep_point"].nunique() < 2:
+        return None
+    b = batches(df)
+    summary = summarize(b, by=["sweep_point"], stages=["total"])
+    started = b.groupby("sweep_point")["t_start"].min()
+    summary = summary.assign(_t=summary["sweep_point"].map(started)).sort_values("_t").drop(columns="_t")
+    out = scaling(summary[["sweep_point", "steps", "frames", "fps", "total_p50", "total_p99"]])
+    return out.round(4).reset_index(drop=True)
+
+
+def sweep_table(points: pd.DataFrame):
+    """The sweep at a glance: one line per point, efficiencies where the sweep has them."""
+    from rich.table import Table
+
+    effs = [c for c in ("strong", "weak", "replicas") if points[c].notna().any()]
+    t = Table(box=None, header_style="bold", show_edge=False, pad_edge=False, title="sweep (all workers of each point)")
+    for col in ["point", "steps", "frames", "FPS", "e2e p50 ms", "e2e p99 ms"] + [f"{c} eff." for c in effs]:
+        t.add_column(col, justify="left" if col == "point" else "right")
+    for _, r in points.iterrows():
+        t.add_row(str(r["sweep_point"]), f"{r['steps']}", f"{r['frames']}", f"{r['fps']:.1f}", f"{r['total_p50']:.1f}",
+                  f"{r['total_p99']:.1f}", *(f"{r[c]:.2f}" if pd.notna(r[c]) else "-" for c in effs))
+    return t
+
+
 def split_sweeps(df: pd.DataFrame) -> list[dict]:
     """For every worker that swept its split point: the point with the lowest median
     end-to-end latency and the one with the highest throughput (warm-up excluded)."""
@@ -390,6 +419,12 @@ def print_summary(root: str | os.PathLike, run_id: str, statuses: dict[str, str]
     pairs = " e2e = a batch from the head's start to the tail's end." if df["role"].isin(["head", "split"]).any() else ""
     con.print(f"FPS = frames / wall-clock span; latencies in ms; {n_warm} warm-up step(s) excluded.{pairs} "
               f"Dataset: {mask_url(run_dir(root, run_id))}")
+    points = sweep_summary(df)
+    if points is not None:
+        print_table(con, sweep_table(points))
+        if manifest is not None:
+            manifest.data["sweep"] = points.to_dict(orient="records")
+            manifest.write()
     verdicts = split_sweeps(df)
     for v in verdicts:
         con.print(f"split sweep {v['worker']}: lowest end-to-end latency at {v['lowest_latency']} "

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from .errors import UserError, did_you_mean
 from .spec import NO_SPLIT, FleetSpec, WorkerSpec, split_points_of
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: sweep key → the worker field it sets (``nodes`` is the cluster's, ``workers`` a filter)
 GRID_KEYS = ("batch_size", "replicas", "nodes", "model", "device", "prep_device", "split")
@@ -118,3 +122,63 @@ def nodes_field_check(n: int | None, available: int) -> None:
     if n is not None and (n < 1 or n > available):
         raise UserError("sweep.nodes", n, f"but the cluster has {available} node(s)",
                         f"use 1..{available}, or start more nodes")
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+def label_values(label: str | None) -> dict[str, str]:
+    """``"nodes=2,replicas=4"`` → ``{"nodes": "2", "replicas": "4"}``."""
+    if not label:
+        return {}
+    return dict(part.split("=", 1) for part in str(label).split(",") if "=" in part)
+
+
+def scaling(per_point: pd.DataFrame) -> pd.DataFrame:
+    """Scaling efficiency of each sweep point from a per-point summary (``sweep_point``, ``fps``:
+    the whole fleet's frames over its wall-clock span).
+
+    - ``strong``: the same fleet on more nodes: fps(N nodes) / (N/N₀ · fps(N₀)), N₀ the fewest
+      nodes swept, everything else equal.
+    - ``weak``: more nodes with as many replicas per node: fps / (N/N₀ · fps of the N₀-node
+      point whose replicas are replicas·N₀/N), everything else equal.
+    - ``replicas``: more replicas on the same nodes: fps / (R/R₀ · fps(R₀)); 1.0 means each new
+      stream runs as fast as the first, less shows where the nodes saturate.
+
+    A point whose reference point was not swept gets NaN in that column."""
+    import numpy as np
+
+    values = [label_values(p) for p in per_point["sweep_point"]]
+    fps = dict(zip(map(_key, values), per_point["fps"]))
+
+    def eff(v: dict, key: str, ref: dict) -> float:
+        base = fps.get(_key(ref))
+        n, n0 = float(v[key]), float(ref[key])
+        return float(fps[_key(v)] / (n / n0 * base)) if base and n0 else np.nan
+
+    out = {"strong": [], "weak": [], "replicas": []}
+    nodes0 = min((int(v["nodes"]) for v in values if "nodes" in v), default=None)
+    reps0 = {}
+    for v in values:
+        if "replicas" in v:
+            rest = _key({k: x for k, x in v.items() if k != "replicas"})
+            reps0[rest] = min(reps0.get(rest, 10**9), int(v["replicas"]))
+    for v in values:
+        strong = weak = reps = np.nan
+        if nodes0 is not None and "nodes" in v:
+            strong = eff(v, "nodes", {**v, "nodes": str(nodes0)})
+            if "replicas" in v:
+                r = int(v["replicas"]) * nodes0 / int(v["nodes"])
+                if r == int(r):
+                    weak = eff(v, "nodes", {**v, "nodes": str(nodes0), "replicas": str(int(r))})
+        if "replicas" in v:
+            base = reps0[_key({k: x for k, x in v.items() if k != "replicas"})]
+            reps = eff(v, "replicas", {**v, "replicas": str(base)})
+        out["strong"].append(strong)
+        out["weak"].append(weak)
+        out["replicas"].append(reps)
+    return per_point.assign(**out)
+
+
+def _key(values: dict) -> tuple:
+    return tuple(sorted(values.items()))

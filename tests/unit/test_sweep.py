@@ -77,3 +77,18 @@ def test_a_bad_swept_value_is_named_by_its_sweep_key():
     with pytest.raises(UserError) as e:
         preflight(spec({"split": ["layer2", "layer9"]}), local=False)
     assert e.value.field == "sweep.split" and "layer3" in e.value.fix
+
+
+def test_scaling_efficiency_strong_weak_and_replicas():
+    import pandas as pd
+
+    from rayprof.sweep import scaling
+
+    per_point = pd.DataFrame({"sweep_point": ["nodes=1,replicas=1", "nodes=1,replicas=2", "nodes=2,replicas=1",
+                                              "nodes=2,replicas=2"], "fps": [10.0, 15.0, 10.0, 19.0]})
+    out = scaling(per_point).set_index("sweep_point")
+    assert out.loc["nodes=2,replicas=2", "strong"] == pytest.approx(19 / (2 * 15))  # same fleet on 2 nodes
+    assert out.loc["nodes=2,replicas=2", "weak"] == pytest.approx(19 / (2 * 10))  # one replica per node
+    assert out.loc["nodes=1,replicas=2", "replicas"] == pytest.approx(15 / (2 * 10))
+    assert out.loc["nodes=1,replicas=1", "strong"] == pytest.approx(1.0)
+    assert pd.isna(out.loc["nodes=2,replicas=1", "weak"])  # half a replica per node was not swept
