@@ -51,8 +51,11 @@ _set = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
 @click.option("--output", default=None, help="Dataset root (overrides the spec's `output`).")
 @click.option("--nsys", is_flag=True, help="Run every worker under Nsight Systems (profile.nsys with its defaults "
               "where a worker sets none); the reports land in run=<id>/_profiles/nsys/.")
+@click.option("--resume", default=None, metavar="RUN_ID|latest", help="Go on with an interrupted sweep: the sweep "
+              "points it completed are kept, the others run again (same spec and --set values).")
 @_user_errors
-def submit(spec_path: str, overrides: tuple[str, ...], address: str | None, output: str | None, nsys: bool) -> int:
+def submit(spec_path: str, overrides: tuple[str, ...], address: str | None, output: str | None, nsys: bool,
+           resume: str | None) -> int:
     """Run the fleet in SPEC on Ray: one actor per worker replica."""
     from .spec import load_fleet
 
@@ -61,7 +64,7 @@ def submit(spec_path: str, overrides: tuple[str, ...], address: str | None, outp
         spec = _with_nsys(spec)
     from . import fleet
 
-    return fleet.submit(spec, address=address)
+    return fleet.submit(spec, address=address, resume=resume)
 
 
 def _with_nsys(spec):

@@ -107,6 +107,46 @@ def resolve_splits(spec: FleetSpec) -> FleetSpec:
     return spec.model_copy(update={"workers": workers})
 
 
+def resume_id(root: str | os.PathLike, value: str, spec: FleetSpec) -> str:
+    """``--resume``: a run id under ``root``, or ``latest`` (the last run of this spec's name)."""
+    from .sink import list_runs
+
+    runs = list_runs(root)
+    if value == "latest":
+        mine = [r for r in runs if r.startswith(f"{spec.run}-")]
+        if not mine:
+            raise UserError("--resume", value, f"finds no run named {spec.run} in {root}", "start it without --resume")
+        return mine[-1]
+    if value not in runs:
+        from .errors import did_you_mean
+
+        raise UserError("--resume", value, f"is not a run in {root}" + did_you_mean(value, runs),
+                        "give a run id (the folder name after run=) or latest")
+    return value
+
+
+def resumed(root: str | os.PathLike, run_id: str, plans: list[WorkerPlan]) -> dict[str, dict]:
+    """The actors of ``run_id`` whose whole sweep point completed before: their manifest
+    entries (kept, not run again). The files of every other actor of the plan are removed, so
+    each of its steps is one row again when it reruns."""
+    from .sink import read_manifest, remove_actor_files
+
+    try:
+        old = read_manifest(root, run_id)["actors"]
+    except (OSError, ValueError, KeyError):
+        raise UserError("--resume", run_id, "has no readable manifest", "start a new run") from None
+    if set(old) != {p.actor_id for p in plans}:
+        raise UserError("--resume", run_id, "ran another plan (its actors differ from this spec's)",
+                        "resume with the spec and --set values it ran with, or start a new run")
+    phases: dict[int, list[WorkerPlan]] = {}
+    for p in plans:
+        phases.setdefault(p.phase, []).append(p)
+    done = {p.actor_id: old[p.actor_id] for ps in phases.values()
+            if all(old[p.actor_id].get("status") == "completed" for p in ps) for p in ps}
+    remove_actor_files(root, run_id, {p.actor_id: p.worker for p in plans if p.actor_id not in done})
+    return done
+
+
 def local_plans(spec: FleetSpec, run_id: str) -> list[WorkerPlan]:
     """Plans for actors that run on this machine."""
     from . import affinity
@@ -173,7 +213,9 @@ def _split_text(plan: WorkerPlan) -> str:
 class Manifest:
     """The run's ``_manifest.json``, rewritten atomically at start and at the end."""
 
-    def __init__(self, root: str | os.PathLike, run_id: str, spec: FleetSpec, plans: list[WorkerPlan], mode: str):
+    def __init__(self, root: str | os.PathLike, run_id: str, spec: FleetSpec, plans: list[WorkerPlan], mode: str,
+                 done: dict[str, dict] | None = None):
+        """``done``: a resumed run's actors that completed before (their entries are kept)."""
         from .source import mask_text, mask_url
 
         self.root, self.run_id = root, run_id
@@ -194,9 +236,12 @@ class Manifest:
             "driver": host_info(),
             "nodes": {},
             "spec": masked_spec(spec),
-            "actors": {p.actor_id: {"plan": plan_row(p), "status": "pending"} for p in plans},
+            "actors": {p.actor_id: (done or {}).get(p.actor_id) or {"plan": plan_row(p), "status": "pending"}
+                       for p in plans},
             "dataset": {"root": mask_url(resolve_root(root)), "path": mask_url(run_dir(root, run_id))},
         }
+        if done is not None:
+            self.data["resumed"] = True
         self.write()
 
     def write(self) -> None:

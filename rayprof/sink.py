@@ -239,6 +239,28 @@ def _listing(root: str | Path, run_id: str | None) -> tuple[pafs.FileSystem, str
     return fs, base, sorted(infos, key=lambda i: i.path)
 
 
+def remove_actor_files(root: str | Path, run_id: str, actors: dict[str, str]) -> int:
+    """Delete the dataset files of these actors (actor id → worker) in one run, before they run
+    again (a resumed sweep): their new files would otherwise sit beside old ones. Returns how
+    many files went."""
+    fs, base, infos = _listing(root, run_id)
+    run = _run_path(base, run_id)
+    patterns = [re.compile(re.escape(posixpath.join(run, f"worker={w}", f"part-{a}-")) + r"\d{6}\.parquet$")
+                for a, w in actors.items()]
+    gone = [i.path for i in infos if any(p.match(i.path) for p in patterns)]
+    for path in gone:
+        fs.delete_file(path)
+    return len(gone)
+
+
+def list_runs(root: str | Path) -> list[str]:
+    """The run ids under ``root``, oldest first (ids start with the name and the UTC start)."""
+    fs, base = open_root(root)
+    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    return sorted(i.base_name.removeprefix("run=") for i in infos
+                  if i.type == pafs.FileType.Directory and i.base_name.startswith("run="))
+
+
 def dataset_files(root: str | Path, run_id: str | None = None) -> list[str]:
     """The dataset's Parquet files (paths inside the root's filesystem), sorted."""
     return [i.path for i in _listing(root, run_id)[2]]
@@ -251,16 +273,21 @@ def dataset_stats(root: str | Path, run_id: str) -> dict[str, int]:
     return {"rows": rows, "files": len(infos), "bytes": sum(i.size for i in infos)}
 
 
+def files_dataset(fs: pafs.FileSystem, base: str, paths: list[str]) -> ds.Dataset:
+    """A pyarrow dataset of these files of the root at ``base`` (from :func:`_listing`): today's
+    schema (a column a file lacks reads as null) plus the partition columns ``run`` and ``worker``."""
+    part = ds.partitioning(PARTITIONING_SCHEMA, flavor="hive")
+    schema = pa.unify_schemas([FILE_SCHEMA, PARTITIONING_SCHEMA])
+    return ds.dataset(paths, schema=schema, format="parquet", partitioning=part, partition_base_dir=base,
+                      filesystem=fs)
+
+
 def read_table(
     root: str | Path, run_id: str | None = None, columns: Iterable[str] | None = None
 ) -> pa.Table:
     """The dataset (or one run of it) as a table with ``run_id`` and ``worker`` columns."""
     fs, base, infos = _listing(root, run_id)
-    part = ds.partitioning(PARTITIONING_SCHEMA, flavor="hive")
-    schema = pa.unify_schemas([FILE_SCHEMA, PARTITIONING_SCHEMA])
-    dataset = ds.dataset([i.path for i in infos], schema=schema, format="parquet", partitioning=part,
-                         partition_base_dir=base, filesystem=fs)
-    table = dataset.to_table(columns=list(columns) if columns else None)
+    table = files_dataset(fs, base, [i.path for i in infos]).to_table(columns=list(columns) if columns else None)
     if "run" in table.column_names:
         table = table.rename_columns(["run_id" if c == "run" else c for c in table.column_names])
     return table

@@ -17,7 +17,7 @@ from ray.exceptions import RayActorError, RayError
 
 from .. import driver
 from ..plan import WorkerPlan, make_run_id, plan_fleet
-from ..sink import resolve_root, run_dir
+from ..sink import dataset_stats, resolve_root, run_dir
 from ..source import mask_text, mask_url
 from ..spec import FleetSpec
 from . import _nsight, _pair
@@ -87,11 +87,13 @@ def plan_on_cluster(spec: FleetSpec, address: str | None) -> tuple[list[WorkerPl
             ray.shutdown()
 
 
-def submit(spec: FleetSpec, address: str | None = None) -> int:
-    """Run the fleet; returns the exit code (0 ok, 1 an actor failed or the run stopped)."""
+def submit(spec: FleetSpec, address: str | None = None, resume: str | None = None) -> int:
+    """Run the fleet; returns the exit code (0 ok, 1 an actor failed or the run stopped).
+    ``resume``: a run id (or ``latest``) of the same spec: its completed sweep points are kept,
+    the rest run again."""
     address = address or spec.address
     embedded = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
-    run_id = make_run_id(spec.run)
+    run_id = driver.resume_id(spec.output, resume, spec) if resume else make_run_id(spec.run)
     spec = driver.resolve_splits(spec)  # split: all → the model's points
     if embedded:  # bad input fails before a local Ray is started
         driver.preflight(spec, local=True)
@@ -105,14 +107,15 @@ def submit(spec: FleetSpec, address: str | None = None) -> int:
         plans, labels, facts = _plan(spec, run_id, embedded=started, checked=embedded)
         sink = RunSink(resolve_mode(spec), root, run_id,  # direct: every actor's node must see the output
                        probe=nodes_to_probe(plans, labels, ray.get_runtime_context().get_node_id()))
-        manifest = driver.Manifest(root, run_id, spec, plans, mode="ray-embedded" if started else "ray")
+        done = driver.resumed(root, run_id, plans) if resume else None
+        manifest = driver.Manifest(root, run_id, spec, plans, mode="ray-embedded" if started else "ray", done=done)
         manifest.data["dataset"]["sink"] = sink.mode
         where = "embedded" if started else mask_text(address or os.environ.get("RAY_ADDRESS") or "connected")
         manifest.data["ray"] = {"address": where, "cluster_resources": ray.cluster_resources()}
         manifest.data["nodes"] = facts
         for p in plans:
             manifest.actor(p.actor_id, node_id=p.node_id, node=labels.get(p.node_id))
-        return _run(plans, run_id, root, manifest, t_submit, labels, sink)
+        return _run(plans, run_id, root, manifest, t_submit, labels, sink, done or {})
     finally:
         if started:
             ray.shutdown()
@@ -135,14 +138,17 @@ def _start(plans: list[WorkerPlan], run_id: str, sink: RunSink) -> dict:
     return actors
 
 
-def _run(plans, run_id, root, manifest, t_submit, labels: dict[str, str], sink: RunSink) -> int:
+def _run(plans, run_id, root, manifest, t_submit, labels: dict[str, str], sink: RunSink, done: dict[str, dict]) -> int:
     con = driver.console()
     res = ray.cluster_resources()
     phases = sorted({p.phase for p in plans})
     con.print(f"rayprof submit {run_id}: {len(plans)} actor(s) on Ray ({res.get('CPU', 0):g} CPUs, "
               f"{res.get('GPU', 0):g} GPUs)" + (f" in {len(phases)} sweep points, one after another" if len(phases) > 1 else "")
               + f" → {mask_url(run_dir(root, run_id))}")
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = dict(done)  # a resumed run's completed points
+    if done:
+        con.print(f"resuming {run_id}: {len({p.phase for p in plans if p.actor_id in done})} sweep point(s) "
+                  "completed before are kept")
     view = driver.ProgressView(plans, node_labels=labels)
     stopping = _Stopping()
 
@@ -156,6 +162,8 @@ def _run(plans, run_id, root, manifest, t_submit, labels: dict[str, str], sink: 
     with driver.stop_on_signals(stopping.request):
         for phase in phases:
             batch = [p for p in plans if p.phase == phase]
+            if all(p.actor_id in done for p in batch):
+                continue
             if stopping.requested:  # a stopped sweep leaves its later points unrun
                 for p in batch:
                     finish_actor(p.actor_id, {"status": "stopped", "ended_by": "stop", "error": "not started: the run was stopped"})
@@ -167,10 +175,12 @@ def _run(plans, run_id, root, manifest, t_submit, labels: dict[str, str], sink: 
                 ray.kill(a)
     view.close()
     sink_stats = sink.finish()
+    if done:  # the sink counted this session's rows; the run's dataset holds the earlier ones too
+        sink_stats = dataset_stats(root, run_id)
     status, code = driver.run_status(results.values())
     if stopping.requested and status == "completed":
         status, code = "stopped", driver.EXIT_FAILED
-    first_step_s = driver.first_step_after(root, run_id, t_submit)
+    first_step_s = None if done else driver.first_step_after(root, run_id, t_submit)
     manifest.finish(status, code, dataset_stats=sink_stats,
                     timings={"submit_to_first_step_s": round(first_step_s, 3) if first_step_s else None})
     first = f"{first_step_s:.1f} s" if first_step_s else "never"

@@ -1,5 +1,6 @@
 """The fleet on one shared local Ray: actors, the sink, the manifest, failures, exit codes."""
 
+import json
 import os
 import socket
 
@@ -115,3 +116,34 @@ def test_an_actor_killed_mid_run_keeps_its_flushed_rows(local_ray, small_video, 
     kept = sorted(df[df.worker == "victim"].step)
     assert kept and kept == list(range(len(kept)))  # a prefix of its steps, each once
     assert sorted(df[df.worker == "bystander"].step) == list(range(8))
+
+
+def test_a_sweep_runs_its_points_in_turn_and_resumes_where_it_stopped(local_ray, small_video, tmp_path, capsys):
+    spec = spec_for(small_video, tmp_path, [{"name": "mnv3", "max_steps": 4}], sweep={"batch_size": [2, 4]})
+    assert fleet.submit(spec) == 0
+    run_id = only_run(tmp_path)
+    df = read_table(tmp_path, run_id).to_pandas()
+    assert sorted(df.sweep_point.unique()) == ["batch_size=2", "batch_size=4"]
+    assert df.groupby("sweep_point").frames.max().to_dict() == {"batch_size=2": 2, "batch_size=4": 4}
+    first, second = (df[df.sweep_point == f"batch_size={b}"] for b in (2, 4))
+    assert first.t_start.max() < second.t_start.min(), "the points ran one after another"
+    out = capsys.readouterr().out
+    assert "sweep (all workers of each point)" in out and "batch_size=4" in out
+    man = read_manifest(tmp_path, run_id)
+    assert [p["sweep_point"] for p in man["sweep"]] == ["batch_size=2", "batch_size=4"]
+
+    # as if the run had been stopped during its second point: resume runs that point only
+    path = tmp_path / f"run={run_id}" / "_manifest.json"
+    data = json.loads(path.read_text())
+    data["actors"]["mnv3-p1-0"]["status"] = "stopped"
+    path.write_text(json.dumps(data))
+    kept = {p: p.stat().st_mtime_ns for p in (tmp_path / f"run={run_id}").glob("worker=mnv3/part-mnv3-p0-0-*")}
+    assert fleet.submit(spec, resume="latest") == 0
+    df = read_table(tmp_path, run_id).to_pandas()
+    assert sorted(df[df.sweep_point == "batch_size=4"].step) == list(range(4)), "one row per step, rerun once"
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept, "the completed point was left alone"
+    man = read_manifest(tmp_path, run_id)
+    assert man["resumed"] and man["status"] == "completed"
+    assert all(a["status"] == "completed" for a in man["actors"].values())
+    assert man["dataset_stats"]["rows"] == 8
+    assert len(list(tmp_path.glob("run=*"))) == 1
