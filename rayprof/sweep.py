@@ -120,7 +120,8 @@ def _at(w: WorkerSpec, values: dict) -> WorkerSpec:
 def nodes_field_check(n: int | None, available: int) -> None:
     """``sweep.nodes`` asks for no more nodes than the cluster has."""
     if n is not None and (n < 1 or n > available):
-        raise UserError("sweep.nodes", n, f"but the cluster has {available} node(s)",
+        raise UserError("sweep.nodes", n, f"is more nodes than the cluster has ({available})" if n > available
+                        else "is not a number of nodes",
                         f"use 1..{available}, or start more nodes")
 
 

@@ -67,7 +67,7 @@ def test_sweep_errors_name_the_key(sweep, workers, field, words):
 def test_more_nodes_than_the_cluster_has():
     with pytest.raises(UserError) as e:
         plan_fleet(spec({"nodes": [1, 2]}), "r", cores_available=[0, 1])
-    assert e.value.field == "sweep.nodes" and "the cluster has 1 node" in e.value.message
+    assert e.value.field == "sweep.nodes" and "more nodes than the cluster has (1)" in e.value.message
 
 
 def test_a_bad_swept_value_is_named_by_its_sweep_key():
