@@ -14,6 +14,8 @@
 #   --force             stop: SIGKILL at once (default: SIGTERM, then SIGKILL after RAYPROF_CLUSTER_STOP_GRACE=3 s)
 #   ray comes from $RAY, else the active virtualenv, else PATH, else this repo's .venv/bin/ray.
 #
+# Node k runs on cores of its own (taskset) while the machine has enough for every node's CPUs,
+# so the nodes do not share cores, as separate machines would not; otherwise they share them.
 # Node k advertises the custom resource {"nodeK": 1}, so a worker can be sent to it (every node
 # here has the same IP and hostname, so custom resources are the only way to tell them apart).
 # With --num-gpus G every node claims the same physical GPUs: the nodes share them.
@@ -117,6 +119,13 @@ stop_sessions() {  # SIGTERM, up to $GRACE s for a clean exit (gcs_server often 
   echo "stopped ${#sids[@]} Ray node(s) of $ADDRESS (logs stay in $TMP)"
 }
 
+node_cores() {  # node_cores INDEX: its own slice of this machine's cores, while they last (else nothing)
+  local n; n=$(nproc)
+  if [ $((NODES * CPUS)) -le "$n" ] && command -v taskset >/dev/null; then
+    echo "$(($1 * CPUS))-$((($1 + 1) * CPUS - 1))"
+  fi
+}
+
 start_node() {  # start_node INDEX: one `ray start` in a session of its own, recorded in $STATE
   local i="$1" base=$((PORT + 10 + 10 * $1)) wbase=$((PORT + 1000 + 200 * $1))
   local log="$TMP/local_cluster.node$i.log"
@@ -136,8 +145,12 @@ start_node() {  # start_node INDEX: one `ray start` in a session of its own, rec
   # The new session's id is the pid of the shell that execs `ray start`; every Ray process of this
   # node (raylet, agents, workers) inherits it, which is how `stop` finds them and nothing else.
   # It is recorded before `ray start` runs, so even an interrupted start can be stopped.
+  # Where the machine has cores enough, node i runs on cores of its own (taskset; its raylet and
+  # workers inherit the mask), as separate machines would: rayprof pins inside that slice.
+  local pin=() cores; cores=$(node_cores "$i")
+  [ -n "$cores" ] && pin=(taskset -c "$cores")
   if ! setsid -w bash -c 'echo "node $2 $$" >>"$1"; shift 2; exec "$@"' _ "$STATE" "$i" \
-      "$RAY" "${args[@]}" >"$log" 2>&1; then
+      "${pin[@]}" "$RAY" "${args[@]}" >"$log" 2>&1; then
     echo "node$i failed to start; the end of $log:" >&2
     tail -n 20 "$log" >&2
     return 1
@@ -160,7 +173,8 @@ cmd_start() {
   trap 'echo "interrupted: stopping the nodes started so far" >&2; stop_sessions >&2; exit 130' INT TERM
   local i
   for i in $(seq 0 $((NODES - 1))); do
-    echo "starting node$i ($CPUS CPU, $GPUS GPU, resource node$i) ..."
+    local cores; cores=$(node_cores "$i")
+    echo "starting node$i ($CPUS CPU, $GPUS GPU, resource node$i${cores:+, cores $cores}) ..."
     if ! start_node "$i"; then
       echo "start failed: stopping the nodes started so far" >&2
       stop_sessions >&2

@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import __version__
 from .errors import UserError
-from .metrics import BATCH_STAGES, SCHEMA_VERSION, batches, summarize, sweep_verdicts
+from .metrics import BATCH_STAGES, SCHEMA_VERSION, batches, concurrent_fps, summarize, sweep_verdicts
 from .plan import WorkerPlan, make_run_id, plan_fleet
 from .sink import DatasetWriter, read_table, resolve_root, run_dir, write_manifest
 from .spec import FleetSpec
@@ -375,16 +375,18 @@ def summary_table(df: pd.DataFrame, statuses: dict[str, str] | None = None):
         ("mean ms", True), ("p50", True), ("p90", True), ("p99", True)]
     for col, right in columns:
         t.add_column(col, justify="right" if right else "left")
-    nodes = df.assign(node=node_names(df)).groupby("worker")["node"].agg(lambda s: ",".join(sorted(set(s)))) if not df.empty else {}
+    nodes = (df.assign(node=node_names(df)).groupby(by)["node"].agg(lambda s: ",".join(sorted(set(s))))
+             if not df.empty else {})  # per worker (and sweep point): where its actors ran
     for _, row in summary.iterrows():
         w = row["worker"]
+        where = nodes.get((w, row["sweep_point"]) if sweep else w, "")
         stages = [s for s in BATCH_STAGES if pd.notna(row.get(f"{s}_mean"))]
         for j, s in enumerate(stages):
             head = j == 0
             label = "e2e" if s == "total" and w in whole_batch else BATCH_STAGES[s]
             t.add_row(
                 w if head else "", *([str(row["sweep_point"]) if head else ""] if sweep else []),
-                (statuses or {}).get(w, "") if head else "", nodes.get(w, "") if head else "",
+                (statuses or {}).get(w, "") if head else "", where if head else "",
                 f"{row['steps']}" if head else "", f"{row['frames']}" if head else "",
                 f"{row['fps']:.1f}" if head else "", label,
                 f"{row[f'{s}_mean']:.2f}", f"{row[f'{s}_p50']:.2f}", f"{row[f'{s}_p90']:.2f}", f"{row[f'{s}_p99']:.2f}",
@@ -406,7 +408,10 @@ def sweep_summary(df: pd.DataFrame) -> pd.DataFrame | None:
     if df.empty or "sweep_point" not in df or df["sweep_point"].nunique() < 2:
         return None
     b = batches(df)
+    b = b[~b["warmup"].astype(bool)]
     summary = summarize(b, by=["sweep_point"], stages=["total"])
+    fps = b.groupby("sweep_point").apply(concurrent_fps, include_groups=False)
+    summary = summary.assign(fps=summary["sweep_point"].map(fps))
     started = b.groupby("sweep_point")["t_start"].min()
     summary = summary.assign(_t=summary["sweep_point"].map(started)).sort_values("_t").drop(columns="_t")
     out = scaling(summary[["sweep_point", "steps", "frames", "fps", "total_p50", "total_p99"]])
@@ -418,7 +423,8 @@ def sweep_table(points: pd.DataFrame):
     from rich.table import Table
 
     effs = [c for c in ("strong", "weak", "replicas") if points[c].notna().any()]
-    t = Table(box=None, header_style="bold", show_edge=False, pad_edge=False, title="sweep (all workers of each point)")
+    t = Table(box=None, header_style="bold", show_edge=False, pad_edge=False,
+              title="sweep: every actor of each point (FPS while all of them ran)")
     for col in ["point", "steps", "frames", "FPS", "e2e p50 ms", "e2e p99 ms"] + [f"{c} eff." for c in effs]:
         t.add_column(col, justify="left" if col == "point" else "right")
     for _, r in points.iterrows():

@@ -188,6 +188,29 @@ def summarize(
     return pd.DataFrame(rows, columns=out_cols)
 
 
+def concurrent_fps(df: pd.DataFrame) -> float:
+    """Frames per second of a group of actors while all of them were running: over the window
+    from the last actor's first step start to the first actor's last step end, each step
+    counting the share of its frames that falls inside (a uniform rate within a step). Actors
+    that start seconds apart (a cold worker process on another node) would otherwise stretch
+    the span and understate what they sustain together. With one actor, or none overlapping,
+    it is frames over the span, as in :func:`summarize`."""
+    if df.empty:
+        return float("nan")
+    start = df["t_start"].astype("int64").to_numpy()
+    end = start + (df["total_ms"].fillna(0.0).to_numpy() * 1e6).astype("int64")
+    frames = df["frames"].to_numpy(dtype=float)
+    spans = pd.DataFrame({"actor": df["actor_id"].to_numpy(), "start": start, "end": end}).groupby("actor")
+    t0, t1 = spans["start"].min().max(), spans["end"].max().min()
+    if t1 <= t0:
+        t0, t1 = start.min(), end.max()
+    if t1 <= t0:
+        return float("nan")
+    overlap = np.clip(np.minimum(end, t1) - np.maximum(start, t0), 0, None)
+    share = np.divide(overlap, end - start, out=(overlap > 0).astype(float), where=end > start)
+    return float((frames * share).sum() / ((t1 - t0) / 1e9))
+
+
 def _stats(values: np.ndarray) -> list[float]:
     if values.size == 0:
         return [float("nan")] * (1 + len(PERCENTILES))

@@ -195,3 +195,15 @@ def test_summary_table_shows_a_pair_per_batch():
     for stage in ("exec (head)", "exec (tail)", "transfer", "queue", "wait (head)", "wait (tail)", "e2e"):
         assert stage in text
     assert " total " not in text
+
+
+def test_concurrent_fps_counts_the_window_where_every_actor_ran():
+    from rayprof.metrics import concurrent_fps
+
+    # actor a: 10 steps of 100 ms from t=0; actor b starts 0.5 s later: 10 steps from t=0.5 s
+    a = pd.DataFrame({"actor_id": "a", "t_start": pd.to_datetime(np.arange(10) * 100_000_000, utc=True),
+                      "total_ms": 100.0, "frames": 4})
+    b = a.assign(actor_id="b", t_start=a["t_start"] + pd.Timedelta(milliseconds=500))
+    both = pd.concat([a, b], ignore_index=True)
+    assert concurrent_fps(both) == pytest.approx(80.0)  # 40 FPS each, together, in [0.5 s, 1.0 s]
+    assert concurrent_fps(a) == pytest.approx(40.0)
