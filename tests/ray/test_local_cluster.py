@@ -5,6 +5,7 @@ connects from a child process so this test process's Ray state stays as it was.
 """
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -32,15 +33,22 @@ def test_start_two_nodes_connect_and_stop(cluster_env):
     assert f"export RAY_ADDRESS=127.0.0.1:{port}" in run.stdout
     assert len(sids) == 2
 
-    probe = (
-        "import json, ray\n"
+    probe = (  # each node's resources, and the cores its worker processes may use
+        "import json, os, ray\n"
         f"ray.init(address='127.0.0.1:{port}', logging_level='ERROR', log_to_driver=False)\n"
         "nodes = [n for n in ray.nodes() if n['Alive']]\n"
+        "cores = ray.remote(num_cpus=0)(lambda: sorted(os.sched_getaffinity(0)))\n"
+        "from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On\n"
+        "mine = [ray.get(cores.options(scheduling_strategy=On(n['NodeID'], soft=False)).remote()) for n in nodes]\n"
         "print(json.dumps([n['Resources'] for n in nodes]))\n"
+        "print(json.dumps(mine))\n"
         "ray.shutdown()\n")
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=90)
     assert out.returncode == 0, out.stderr[-3000:]
-    resources = json.loads(out.stdout.strip().splitlines()[-1])
+    resources = json.loads(out.stdout.strip().splitlines()[-2])
+    cores = json.loads(out.stdout.strip().splitlines()[-1])
+    if len(os.sched_getaffinity(0)) >= 2:  # each node on cores of its own, as separate machines
+        assert sorted(cores) == [[0], [1]], cores
     assert len(resources) == 2
     assert sorted(k for r in resources for k in r if k in ("node0", "node1")) == ["node0", "node1"]
     assert all(r["CPU"] == 1 for r in resources)
