@@ -235,7 +235,7 @@ def _listing(root: str | Path, run_id: str | None) -> tuple[pafs.FileSystem, str
     selector = pafs.FileSelector(top, recursive=True, allow_not_found=True)
     infos = [i for i in fs.get_file_info(selector)
              if i.type == pafs.FileType.File and i.path.endswith(".parquet")
-             and not any(part.startswith((".", "_")) for part in posixpath.relpath(i.path, base).split("/"))]
+             and not any(part.startswith((".", "_")) for part in i.path[len(base):].lstrip("/").split("/"))]
     return fs, base, sorted(infos, key=lambda i: i.path)
 
 
