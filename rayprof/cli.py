@@ -247,5 +247,113 @@ def sample_video(path: str, seconds: float, fps: float, size: str) -> int:
     return 0
 
 
+_format = click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+                       show_default=True, help="How to print: a table, CSV or JSON.")
+
+
+@main.command()
+@click.argument("root", metavar="ROOT")
+@_format
+@_user_errors
+def runs(root: str, fmt: str) -> int:
+    """List the runs in the dataset at ROOT: id, name, start (UTC), duration, status, workers, nodes, steps."""
+    from . import query_format as qf
+    from .query import open_dataset
+
+    table = open_dataset(root).runs()
+    _print_frame(qf.runs_frame(table) if fmt == "table" else table, fmt)
+    return 0
+
+
+@main.command()
+@click.argument("root", metavar="ROOT")
+@click.option("--run", "run", default=None, help="A run id (or its start), latest or all. "
+              "Default: latest for the summary, all for --sql.")
+@click.option("--by", default=None, help="Group by these columns of the steps view, comma-separated, e.g. worker,node. "
+              "Default: worker, after run_id and sweep_point where the selection has several.")
+@click.option("--include-warmup", is_flag=True, help="Count warm-up steps too.")
+@_format
+@click.option("--sql", "sql", default=None, metavar="QUERY",
+              help="DuckDB SQL over the views steps (every row) and batches (a row per batch end to end) "
+                   "instead of the summary.")
+@click.option("--window", type=int, default=None, help="Steps per stability window "
+              "(default: a third of each actor's steps, at most 100).")
+@click.option("--stability-pct", type=float, default=10.0, show_default=True,
+              help="Stable when throughput and p99 of the last 3 windows agree within this percentage.")
+@click.option("--straggler-pct", type=float, default=20.0, show_default=True,
+              help="Name actors and nodes whose median batch time is this much above their peers' (0: do not look).")
+@_user_errors
+def query(root: str, run: str | None, by: str | None, include_warmup: bool, fmt: str, sql: str | None,
+          window: int | None, stability_pct: float, straggler_pct: float) -> int:
+    """Summarize the dataset at ROOT per group (steps, FPS, mean and p50-p99.9 of every stage,
+    stability, stragglers), or run --sql over it."""
+    from . import driver
+    from . import query_format as qf
+    from .query import open_dataset, sql_errors
+
+    if sql is not None:
+        if by or include_warmup or window is not None:
+            raise UserError("--sql", sql, "is a query of its own: --by, --include-warmup and --window do not apply",
+                            "group and filter in the SQL (WHERE NOT warmup), or leave --sql out")
+        ds = open_dataset(root, run)
+        with sql_errors(sql):
+            result = ds.sql(sql).df()
+        _print_frame(result, fmt, limit=qf.SQL_TABLE_ROWS)
+        return 0
+    ds = open_dataset(root, run or "latest")
+    columns = by.split(",") if by is not None else None
+    summary = ds.summary(by=columns, include_warmup=include_warmup, window=window, stability_pct=stability_pct)
+    stragglers = ds.stragglers(include_warmup, straggler_pct) if straggler_pct else None
+    if fmt == "csv":
+        click.echo(qf.csv_text(summary))
+    elif fmt == "json":
+        click.echo(qf.summary_json(ds.run_ids, summary, stragglers))
+    else:
+        con = driver.console()
+        con.print(f"run {', '.join(ds.run_ids)}" if len(ds.run_ids) < 4 else f"{len(ds.run_ids)} runs")
+        if summary.empty:
+            con.print("no measured steps yet")
+            return 0
+        driver.print_table(con, qf.summary_table(summary))
+        lines = qf.summary_notes(summary, include_warmup, stability_pct)
+        for line in lines + (qf.straggler_lines(stragglers, straggler_pct) if stragglers is not None else []):
+            con.print(line)
+    return 0
+
+
+def _print_frame(df, fmt: str, limit: int | None = None) -> None:
+    from . import driver
+    from . import query_format as qf
+
+    if fmt == "csv":
+        click.echo(qf.csv_text(df))
+    elif fmt == "json":
+        click.echo(qf.json_text(qf.records(df)))
+    else:
+        con = driver.console()
+        driver.print_table(con, qf.frame_table(df, limit))
+        if limit is not None and len(df) > limit:
+            con.print(f"… {len(df) - limit} more rows (--format csv or json prints them all)")
+
+
+@main.command()
+@click.argument("root", metavar="ROOT")
+@click.option("--run", "run", default="latest", show_default=True, help="A run id, or latest.")
+@click.option("-o", "--output", "output", default="report.html", show_default=True,
+              help="The page to write; its PNGs go beside it as <name>-<plot>.png.")
+@click.option("--include-warmup", is_flag=True, help="Count warm-up steps in the statistics too "
+              "(the timeline always shows them).")
+@_user_errors
+def report(root: str, run: str, output: str, include_warmup: bool) -> int:
+    """Write one self-contained HTML page about a run of the dataset at ROOT: the summary, where
+    the time goes, latency over time, latency CDFs, throughput per node and, for a sweep,
+    throughput, p99 and scaling against the swept value."""
+    from .report import write_report
+
+    page, *pngs = write_report(root, run, output, include_warmup=include_warmup)
+    click.echo(f"{page} ({len(pngs)} plots, also written beside it: {', '.join(p.name for p in pngs)})")
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
