@@ -237,7 +237,8 @@ def batches(df: pd.DataFrame) -> pd.DataFrame:
     ones (from the head's hand-off to the tail taking it), ``tail_wait_ms`` the tail idle (the
     head is behind), and ``total_ms`` the end-to-end latency from the head's step start to the
     tail's end: about head + queue + the tail's transfer and exec (wall clocks: across nodes
-    it is as good as their clock sync). ``t_start`` is the head's, so :func:`summarize` over
+    it is as good as their clock sync). ``frame_age_ms`` and ``loss`` are the tail's (capture to
+    result; the tail trains). ``t_start`` is the head's, so :func:`summarize` over
     these rows gives the pair's throughput of finished batches. A head row without its tail
     row (a run cut short) is left out.
     """
@@ -250,7 +251,8 @@ def batches(df: pd.DataFrame) -> pd.DataFrame:
     if head.empty or tail.empty:
         return whole
     keys = [k for k in ("run_id", "pair_id", "sweep_point", "step") if k in df]
-    cols = keys + ["t_start", "total_ms", "exec_ms", "transfer_ms", "wait_ms", "frames", "loss", "node_ip", "node_id"]
+    cols = keys + ["t_start", "total_ms", "exec_ms", "transfer_ms", "wait_ms", "frames", "frame_age_ms", "loss",
+                   "node_ip", "node_id"]
     joined = head.merge(tail[[c for c in cols if c in tail]], on=keys, how="inner", suffixes=("", "_tail"))
     start_ns, tail_ns = joined["t_start"].astype("int64"), joined["t_start_tail"].astype("int64")
     end_ns = tail_ns + (joined["total_ms_tail"] * 1e6).astype("int64")
@@ -261,7 +263,7 @@ def batches(df: pd.DataFrame) -> pd.DataFrame:
         head_wait_ms=joined["wait_ms"], tail_wait_ms=joined["wait_ms_tail"], wait_ms=np.nan,
         queue_ms=(joined["wait_ms_tail"].fillna(0) - handed_ms).clip(lower=0),
         total_ms=(end_ns - start_ns) / 1e6,
-        frames=joined["frames_tail"], loss=joined["loss_tail"])
+        frames=joined["frames_tail"], frame_age_ms=joined["frame_age_ms_tail"], loss=joined["loss_tail"])
     pairs = pairs[[c for c in whole.columns if c in pairs]]
     return pd.concat([whole, pairs], ignore_index=True) if not whole.empty else pairs.reset_index(drop=True)
 

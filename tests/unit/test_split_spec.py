@@ -153,7 +153,7 @@ def rows(role, steps, t0_ms, total_ms, *, worker="s", point="layer2", sweep=None
         "read_ms": 1.0 if role != "tail" else np.nan, "prep_ms": 2.0 if role != "tail" else np.nan,
         "exec_ms": exec_ms, "transfer_ms": transfer if role != "full" else np.nan,
         "wait_ms": wait if role in ("head", "tail") else np.nan, "total_ms": total_ms, "frames": frames,
-        "loss": np.nan, "node_ip": "10.0.0.1", "node_id": "n1"})
+        "loss": np.nan, "frame_age_ms": 5.0 if role == "head" else 50.0, "node_ip": "10.0.0.1", "node_id": "n1"})
 
 
 def test_batches_join_head_and_tail_end_to_end():
@@ -164,6 +164,7 @@ def test_batches_join_head_and_tail_end_to_end():
     assert list(b["total_ms"]) == [110.0, 110.0]  # tail end (40 + 70) - head start (0)
     assert list(b["transfer_ms"]) == [6.0, 6.0] and list(b["head_ms"]) == [40.0, 40.0] and list(b["tail_ms"]) == [60.0, 60.0]
     assert list(b["head_wait_ms"]) == [3.0, 3.0] and list(b["tail_wait_ms"]) == [6.0, 6.0]
+    assert list(b["frame_age_ms"]) == [50.0, 50.0]  # capture → the tail's result
     assert list(b["queue_ms"]) == [0.0, 0.0]  # the tail took each batch (40 + 6) before the head handed it off (50)
 
 
