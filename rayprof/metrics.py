@@ -263,7 +263,8 @@ def batches(df: pd.DataFrame) -> pd.DataFrame:
         head_wait_ms=joined["wait_ms"], tail_wait_ms=joined["wait_ms_tail"], wait_ms=np.nan,
         queue_ms=(joined["wait_ms_tail"].fillna(0) - handed_ms).clip(lower=0),
         total_ms=(end_ns - start_ns) / 1e6,
-        frames=joined["frames_tail"], frame_age_ms=joined["frame_age_ms_tail"], loss=joined["loss_tail"])
+        frames=joined["frames_tail"],
+        **{c: joined[f"{c}_tail"] for c in ("frame_age_ms", "loss") if f"{c}_tail" in joined})  # the tail's
     pairs = pairs[[c for c in whole.columns if c in pairs]]
     return pd.concat([whole, pairs], ignore_index=True) if not whole.empty else pairs.reset_index(drop=True)
 

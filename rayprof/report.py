@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 
 from .driver import node_names
 from .errors import UserError, did_you_mean
-from .metrics import BATCH_STAGES, batches, summarize
+from .metrics import BATCH_STAGES, batches, concurrent_fps, summarize
 from .sink import open_root, read_manifest, read_table
 from .source import mask_url
 
@@ -282,11 +282,15 @@ def sweep_table(b: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     """The swept key (the first key whose value changes) and, per worker and sweep point in run
     order: ``series`` (the worker, plus the other keys that change), ``point``, ``x`` (the swept
     value: a number where every value is one), ``fps``, ``p50`` and ``p99`` of the total/e2e
-    latency (ms), and ``efficiency`` where the key is replicas or nodes: fps(N) / (N/N0 ×
+    latency (ms; ``fps`` while every actor of the point ran, :func:`rayprof.metrics.concurrent_fps`),
+    and ``efficiency`` where the key is replicas or nodes: fps(N) / (N/N0 ×
     fps(N0)) against the series' smallest N0 (the one-replica/one-node point when swept),
     else NaN."""
     s = _summarize(b, "unit", ["total"]).join(b.groupby("unit", observed=True).agg(
         worker=("worker", "first"), point=("sweep_point", "first")))
+    # a point's throughput while all its actors ran (their start-up skew does not count)
+    s["fps"] = b.groupby("unit", observed=True)[["t_start", "total_ms", "frames", "series"]].apply(
+        lambda g: concurrent_fps(g.rename(columns={"series": "actor_id"})))
     began = b.groupby("sweep_point", observed=True)["t_start"].min().rename(index=str)
     s = s.assign(point=s["point"].astype(str))
     s = s.assign(began=s["point"].map(began)).sort_values("began", kind="stable")  # points as they ran
