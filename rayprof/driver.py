@@ -424,7 +424,7 @@ def sweep_table(points: pd.DataFrame):
 
     effs = [c for c in ("strong", "weak", "replicas") if points[c].notna().any()]
     t = Table(box=None, header_style="bold", show_edge=False, pad_edge=False,
-              title="sweep: every actor of each point (FPS while all of them ran)")
+              title="sweep points (FPS: all actors running)")
     for col in ["point", "steps", "frames", "FPS", "e2e p50 ms", "e2e p99 ms"] + [f"{c} eff." for c in effs]:
         t.add_column(col, justify="left" if col == "point" else "right")
     for _, r in points.iterrows():

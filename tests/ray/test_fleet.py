@@ -128,7 +128,7 @@ def test_a_sweep_runs_its_points_in_turn_and_resumes_where_it_stopped(local_ray,
     first, second = (df[df.sweep_point == f"batch_size={b}"] for b in (2, 4))
     assert first.t_start.max() < second.t_start.min(), "the points ran one after another"
     out = capsys.readouterr().out
-    assert "sweep: every actor of each point" in out and "batch_size=4" in out
+    assert "sweep points (FPS: all actors running)" in out and "batch_size=4" in out
     man = read_manifest(tmp_path, run_id)
     assert [p["sweep_point"] for p in man["sweep"]] == ["batch_size=2", "batch_size=4"]
 
