@@ -190,6 +190,9 @@ class Dataset:
             (f"{s}_mean, " + ", ".join(f"{s}_q[{i + 1}] AS {c}" for i, c in enumerate(_percentile_cols(s)[1:])))
             if s in self.stages else ", ".join(f"NULL::DOUBLE AS {c}" for c in _percentile_cols(s)) for s in STAGES)
         g_keys = ", ".join(f"g.{_q(c)}" for c in by)
+        # sweep points in the order they ran, not by name
+        order = ", ".join("min(g._t0) OVER (PARTITION BY g.sweep_point)" if c == "sweep_point" else f"g.{_q(c)}"
+                          for c in by)
         return self.con.sql(f"""
             SELECT {g_keys}, roles, steps, frames, frames / NULLIF((_t1 - _t0) / 1e9, 0) AS fps, {stage_cols},
                    CASE WHEN w IS NULL THEN 'short'
@@ -205,7 +208,7 @@ class Dataset:
                       FROM _win GROUP BY ALL)
                 GROUP BY ALL
             ) AS s ON {_same(by, "g", "s")}
-            ORDER BY {g_keys}""").df()
+            ORDER BY {order}""").df()
 
     def _windows(self, by: list[str], include_warmup: bool, window: int | None) -> None:
         """Temp table ``_win``: the last three windows of ``w`` steps of each actor (window k:

@@ -169,6 +169,14 @@ def test_default_grouping_adds_runs_and_sweep_points(root):
     assert set(every.summary()["run_id"]) == {FLEET, SPLIT, SWEEP, OLD, BARE, LIVE}
 
 
+def test_sweep_points_come_in_the_order_they_ran(tmp_path):
+    points = ("split=none", "split=layer3", "split=layer2")  # as they ran: not alphabetical
+    write_run(tmp_path, "sweep-order", [
+        full_actor("w", 0, steps=20, start_ns=gen.T0_NS + i * 60 * 10**9, seed=i, sweep_point=point,
+                   actor_id=f"w-p{i}-0") for i, point in enumerate(points)])
+    assert list(open_dataset(tmp_path, "sweep-order").summary()["sweep_point"]) == list(points)
+
+
 # --------------------------------------------------------------------------- stragglers
 
 
