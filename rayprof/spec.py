@@ -199,7 +199,8 @@ class WorkerSpec(_Strict):
 
 class SweepSpec(_Strict):
     """``sweep:``: a grid of settings run one point after another, as one run. Every key is a
-    list; the points are every combination, in the order the keys are written."""
+    list; the points are every combination, the keys varying in the order they are declared
+    here (batch_size slowest, split fastest). See :mod:`rayprof.sweep`."""
 
     batch_size: list[int] | None = Field(None, description="batch sizes")
     replicas: list[int] | None = Field(None, description="replicas per worker")
