@@ -91,6 +91,7 @@ def validate(spec_path: str, overrides: tuple[str, ...], remote: bool, address: 
     from .plan import make_run_id
     from .source import mask_url
     from .spec import load_fleet
+    from .summary import console, print_table
 
     spec = driver.resolve_splits(load_fleet(spec_path, list(overrides)))
     labels: dict[str, str] = {}
@@ -115,8 +116,8 @@ def validate(spec_path: str, overrides: tuple[str, ...], remote: bool, address: 
         table.add_column(col)
     for r in rows:
         table.add_row(*(str(v) for v in r.values()))
-    con = driver.console()
-    driver.print_table(con, table)
+    con = console()
+    print_table(con, table)
     con.print("spec OK")
     return 0
 
@@ -287,9 +288,9 @@ def query(root: str, run: str | None, by: str | None, include_warmup: bool, fmt:
           window: int | None, stability_pct: float, straggler_pct: float) -> int:
     """Summarize the dataset at ROOT per group (steps, FPS, mean and p50-p99.9 of every stage,
     stability, stragglers), or run --sql over it."""
-    from . import driver
     from . import query_format as qf
     from .query import open_dataset, sql_errors
+    from .summary import console, print_table
 
     if sql is not None:
         if by or include_warmup or window is not None:
@@ -309,12 +310,12 @@ def query(root: str, run: str | None, by: str | None, include_warmup: bool, fmt:
     elif fmt == "json":
         click.echo(qf.summary_json(ds.run_ids, summary, stragglers))
     else:
-        con = driver.console()
+        con = console()
         con.print(f"run {', '.join(ds.run_ids)}" if len(ds.run_ids) < 4 else f"{len(ds.run_ids)} runs")
         if summary.empty:
             con.print("no measured steps yet")
             return 0
-        driver.print_table(con, qf.summary_table(summary))
+        print_table(con, qf.summary_table(summary))
         lines = qf.summary_notes(summary, include_warmup, stability_pct)
         for line in lines + (qf.straggler_lines(stragglers, straggler_pct) if stragglers is not None else []):
             con.print(line)
@@ -322,16 +323,16 @@ def query(root: str, run: str | None, by: str | None, include_warmup: bool, fmt:
 
 
 def _print_frame(df, fmt: str, limit: int | None = None) -> None:
-    from . import driver
     from . import query_format as qf
+    from .summary import console, print_table
 
     if fmt == "csv":
         click.echo(qf.csv_text(df))
     elif fmt == "json":
         click.echo(qf.json_text(qf.records(df)))
     else:
-        con = driver.console()
-        driver.print_table(con, qf.frame_table(df, limit))
+        con = console()
+        print_table(con, qf.frame_table(df, limit))
         if limit is not None and len(df) > limit:
             con.print(f"… {len(df) - limit} more rows (--format csv or json prints them all)")
 

@@ -9,7 +9,7 @@ Views
     ``steps``: every row: ``run_id`` and ``worker`` (from the folder names), the file's columns
     (:data:`rayprof.metrics.FILE_SCHEMA`; a column added after a file was written is NULL in it),
     and ``node``: a display name, the IP plus the first 8 characters of the Ray node id where
-    several node ids share an IP (``driver.node_names``).
+    several node ids share an IP (``summary.node_names``).
 
     ``batches``: one row per batch, end to end, as :func:`rayprof.metrics.batches` makes it. Full
     and split rows as they are. A split pair's head and tail rows (same ``run_id``, ``pair_id``,
@@ -445,7 +445,7 @@ def _actor_key(base: str, path: str) -> tuple[str, str, str]:
 
 def _node_sql(actors: pd.DataFrame) -> str:
     """The ``node`` column: ``node_ip``, or a CASE over the node ids that share an IP."""
-    from .driver import node_names
+    from .summary import node_names
 
     nodes = actors[["node_ip", "node_id"]].drop_duplicates()
     named = [(i, n) for i, ip, n in zip(nodes["node_id"], nodes["node_ip"], node_names(nodes)) if n != ip]

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
-from .driver import node_names
+from .summary import node_names
 from .errors import UserError, did_you_mean
 from .metrics import BATCH_STAGES, batches, concurrent_fps, summarize
 from .sink import open_root, read_manifest, read_table
@@ -135,7 +135,7 @@ def batch_rows(rows: pd.DataFrame, worker_order: Sequence[str] = ()) -> pd.DataF
     uses: ``warmup``, ``t_start``, ``frames``, the stage columns (``<stage>_ms``), ``split`` (the
     batch crossed a split model's two halves), ``series`` (a number per actor and sweep point),
     and the categoricals ``worker``, ``sweep_point`` (``-`` outside a sweep), ``node`` (a display
-    name, :func:`rayprof.driver.node_names`) and ``unit``. Workers and units are ordered as the
+    name, :func:`rayprof.summary.node_names`) and ``unit``. Workers and units are ordered as the
     run went: workers as ``worker_order`` lists them (then by name), a worker's sweep points as
     they ran."""
     b = batches(rows)

@@ -15,7 +15,7 @@ from dataclasses import replace
 import ray
 from ray.exceptions import RayActorError, RayError
 
-from .. import driver
+from .. import driver, summary
 from ..plan import WorkerPlan, make_run_id, plan_fleet
 from ..sink import dataset_stats, resolve_root, run_dir
 from ..source import mask_text, mask_url
@@ -139,7 +139,7 @@ def _start(plans: list[WorkerPlan], run_id: str, sink: RunSink) -> dict:
 
 
 def _run(plans, run_id, root, manifest, t_submit, labels: dict[str, str], sink: RunSink, done: dict[str, dict]) -> int:
-    con = driver.console()
+    con = summary.console()
     res = ray.cluster_resources()
     phases = sorted({p.phase for p in plans})
     con.print(f"rayprof submit {run_id}: {len(plans)} actor(s) on Ray ({res.get('CPU', 0):g} CPUs, "
@@ -184,7 +184,7 @@ def _run(plans, run_id, root, manifest, t_submit, labels: dict[str, str], sink: 
     manifest.finish(status, code, dataset_stats=sink_stats,
                     timings={"submit_to_first_step_s": round(first_step_s, 3) if first_step_s else None})
     first = f"{first_step_s:.1f} s" if first_step_s else "never"
-    driver.print_summary(root, run_id, driver.worker_statuses(results, plans),
+    summary.print_summary(root, run_id, driver.worker_statuses(results, plans),
                          header=f"run {run_id}: {status} in {manifest.data['duration_s']:.1f} s "
                                 f"({len(plans)} actors; first step {first} after submit)", manifest=manifest)
     driver.print_failures(results)

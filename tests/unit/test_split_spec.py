@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rayprof.driver import preflight, resolve_splits, split_sweeps, summary_table
+from rayprof.driver import preflight, resolve_splits
+from rayprof.summary import split_sweeps, summary_table
 from rayprof.errors import UserError
 from rayprof.metrics import batches
 from rayprof.placement import Node
