@@ -111,7 +111,10 @@ def resume_id(root: str | os.PathLike, value: str, spec: FleetSpec) -> str:
     """``--resume``: a run id under ``root``, or ``latest`` (the last run of this spec's name)."""
     from .sink import list_runs
 
-    runs = list_runs(root)
+    try:
+        runs = list_runs(root)
+    except FileNotFoundError:
+        runs = []
     if value == "latest":
         mine = [r for r in runs if r.startswith(f"{spec.run}-")]
         if not mine:

@@ -186,6 +186,11 @@ class Inbox:
         if self._shut:
             raise RuntimeError(self._shut)
 
+    @property
+    def ended(self) -> bool:
+        """The head said it sends no more."""
+        return self._ended
+
     def end(self, sent: int | None = None) -> None:
         """No more batches after the first ``sent`` (None: after those already here)."""
         with self._cv:
@@ -267,7 +272,7 @@ class TailWorker(StreamWorker):
         """The tail half on the tail's device, once the head has sent it (None: stopped or the
         head ended before sending it)."""
         while not self._arrived.wait(POLL_S):
-            if self._stop.is_set() or self.inbox._ended:
+            if self._stop.is_set() or self.inbox.ended:
                 return None
         return _half_runner(plan, self._module, plan.exec_device, plan.mode)
 

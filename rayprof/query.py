@@ -407,14 +407,12 @@ def _runs_at(fs: pafs.FileSystem, base: str, root: str | Path) -> list[str]:
     """The run ids at the root (``run=<id>`` folders), sorted; a missing or empty root is the user's mistake."""
     shown = mask_url(str(root))
     try:
-        infos = fs.get_file_info(pafs.FileSelector(base, recursive=False))
+        runs = sink.run_folders(fs, base)
     except FileNotFoundError:
         raise UserError("ROOT", shown, "does not exist", "give the folder a run wrote to (the spec's output)") from None
     except OSError as e:
         raise UserError("ROOT", shown, f"cannot be listed ({str(e).splitlines()[0]})",
                         "give the folder a run wrote to (the spec's output)") from None
-    runs = sorted(i.base_name.removeprefix("run=") for i in infos
-                  if i.type == pafs.FileType.Directory and i.base_name.startswith("run="))
     if not runs:
         raise UserError("ROOT", shown, "holds no rayprof runs (no run=<id> folders)",
                         "give the folder a run wrote to (the spec's output)")

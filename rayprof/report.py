@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.fs as pafs
 
 from .summary import node_names
 from .errors import UserError, did_you_mean
 from .metrics import BATCH_STAGES, batches, concurrent_fps, summarize
-from .sink import open_root, read_manifest, read_table
+from .sink import list_runs, read_manifest, read_table
 from .source import mask_url
 
 #: the columns the report reads (what :func:`rayprof.metrics.batches` needs, and the node)
@@ -52,14 +51,11 @@ _RANK = {"completed": 0, "pending": 1, "running": 1, "stopped": 2, "failed": 3}
 
 def run_ids(root: str | Path) -> list[str]:
     """The runs at ``root`` (its ``run=<id>`` folders), sorted. A missing root is a UserError."""
-    fs, base = open_root(root)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(base, recursive=False))
+        return list_runs(root)
     except FileNotFoundError:
         raise UserError("ROOT", mask_url(str(root)), "does not exist",
                         "give the dataset folder a run wrote to (the spec's output)") from None
-    return sorted(i.base_name.removeprefix("run=") for i in infos
-                  if i.type == pafs.FileType.Directory and i.base_name.startswith("run="))
 
 
 def resolve_run(root: str | Path, run: str) -> str:

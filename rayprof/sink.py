@@ -253,12 +253,17 @@ def remove_actor_files(root: str | Path, run_id: str, actors: dict[str, str]) ->
     return len(gone)
 
 
-def list_runs(root: str | Path) -> list[str]:
-    """The run ids under ``root``, oldest first (ids start with the name and the UTC start)."""
-    fs, base = open_root(root)
-    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+def run_folders(fs: pafs.FileSystem, base: str) -> list[str]:
+    """The run ids of the ``run=<id>`` folders at ``base``, sorted (ids start with the name and
+    the UTC start). A missing ``base`` raises FileNotFoundError."""
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=False))
     return sorted(i.base_name.removeprefix("run=") for i in infos
                   if i.type == pafs.FileType.Directory and i.base_name.startswith("run="))
+
+
+def list_runs(root: str | Path) -> list[str]:
+    """The run ids under ``root`` (see :func:`run_folders`)."""
+    return run_folders(*open_root(root))
 
 
 def dataset_files(root: str | Path, run_id: str | None = None) -> list[str]:

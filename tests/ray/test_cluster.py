@@ -25,6 +25,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def submit_until(spec, root, pattern: str, never: str) -> tuple[threading.Thread, dict]:
+    """Submit in a thread and return once a file matching ``pattern`` is under ``root`` (the
+    thread, and the dict that gets its exit code)."""
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.update(code=fleet.submit(spec)))
+    t.start()
+    deadline = time.monotonic() + 240
+    while not list(root.glob(pattern)):
+        assert time.monotonic() < deadline and t.is_alive(), never
+        time.sleep(0.2)
+    return t, out
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """Head (node0) + node1 + node2, one CPU each, each with a custom resource naming it."""
@@ -104,13 +117,7 @@ def test_a_dead_tail_fails_its_head_in_one_line(cluster, small_video, tmp_path):
     spec = spec_for(small_video, tmp_path, [
         {"name": "pair", "model": {"name": "mobilenet_v3_small", "split": "features.6"}, "max_steps": 0,
          "pair": {"placement": "different-nodes"}}])
-    out = {}
-    t = threading.Thread(target=lambda: out.update(code=fleet.submit(spec)))
-    t.start()
-    deadline = time.monotonic() + 240
-    while not list(tmp_path.glob("run=*/worker=pair/part-pair-0-tail-*.parquet")):
-        assert time.monotonic() < deadline and t.is_alive(), "the tail never flushed"
-        time.sleep(0.2)
+    t, out = submit_until(spec, tmp_path, "run=*/worker=pair/part-pair-0-tail-*.parquet", "the tail never flushed")
     ray.kill(ray.get_actor(f"rayprof:{only_run(tmp_path)}:pair-0-tail"))
     t.join(timeout=240)
     assert not t.is_alive() and out["code"] == 1
@@ -144,13 +151,7 @@ def test_a_lost_node_is_reported_and_the_others_complete(cluster, small_video, t
         {"name": "victim", "resources": {"node2": 1}, "max_steps": 0},  # loops until its node goes
         {"name": "steady", "resources": {"node1": 1}, "max_steps": 10},
     ])
-    out = {}
-    t = threading.Thread(target=lambda: out.update(code=fleet.submit(spec)))
-    t.start()
-    deadline = time.monotonic() + 240
-    while not list(tmp_path.glob("run=*/worker=victim/part-*.parquet")):
-        assert time.monotonic() < deadline and t.is_alive(), "the victim never flushed"
-        time.sleep(0.2)
+    t, out = submit_until(spec, tmp_path, "run=*/worker=victim/part-*.parquet", "the victim never flushed")
     c.remove_node(nodes[2], allow_graceful=False)
     t.join(timeout=240)
     assert not t.is_alive() and out["code"] == 1
