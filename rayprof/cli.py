@@ -322,6 +322,35 @@ def query(root: str, run: str | None, by: str | None, include_warmup: bool, fmt:
     return 0
 
 
+@main.command("index")
+@click.argument("root", metavar="ROOT")
+@click.option("--run", "run", default="all", show_default=True, help="A run id (or its start), latest or all.")
+@click.option("--force", is_flag=True, help="Index runs whose manifest still says running (a driver killed "
+              "before the end) and rebuild current indexes.")
+@_user_errors
+def index_(root: str, run: str, force: bool) -> int:
+    """Build the summary index of the runs at ROOT that lack a current one, so that `rayprof query`
+    answers from it without reading the rows. A run indexes itself when it ends: this is for runs
+    cut short, or datasets changed since."""
+    import time
+
+    from . import index
+    from .query import open_dataset
+
+    ds = open_dataset(root, run)
+    for run_id in ds.run_ids:
+        status = ds._manifest(run_id).get("status", "-")
+        if run_id in ds.indexes and not force:
+            click.echo(f"{run_id}: index is current")
+        elif status == "running" and not force:
+            click.echo(f"{run_id}: skipped, its manifest says running (--force indexes it as it is now)")
+        else:
+            t0 = time.perf_counter()
+            index.build(root, run_id)
+            click.echo(f"{run_id}: indexed in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def _print_frame(df, fmt: str, limit: int | None = None) -> None:
     from . import query_format as qf
     from .summary import console, print_table

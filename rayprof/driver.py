@@ -254,9 +254,26 @@ class Manifest:
         self.data["actors"][actor_id].update(fields)
 
     def finish(self, status: str, exit_code: int, **extra) -> None:
+        """Record the end; a run that was not stopped also gets its summary index (``index`` in the
+        manifest: how long it took, or why it failed: the run's outcome stands either way)."""
         t1 = time.time()
+        if status != "stopped":  # after Ctrl-C, leave at once: `rayprof index` builds it later
+            extra["index"] = _index_run(self.root, self.run_id)
         self.data.update(status=status, exit_code=exit_code, ended_at=_iso(t1), duration_s=round(t1 - self.t0, 3), **extra)
         self.write()
+
+
+def _index_run(root: str, run_id: str) -> dict:
+    from . import index
+
+    t0 = time.perf_counter()
+    try:
+        index.build(root, run_id)
+    except Exception as e:  # noqa: BLE001 - an index is a convenience; the dataset is complete without it
+        print(f"could not index run {run_id} ({type(e).__name__}: {e}); `rayprof index` can build it later",
+              file=sys.stderr, flush=True)
+        return {"error": f"{type(e).__name__}: {e}"}
+    return {"built_s": round(time.perf_counter() - t0, 3)}
 
 
 def _iso(t: float) -> str:

@@ -40,11 +40,12 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from . import sink
+from . import index, sink
 from .errors import UserError, did_you_mean
 from .metrics import FILE_SCHEMA, IDENTITY_FIELDS, PERCENTILES, STEP_FIELDS, _percentile_cols
 from .source import mask_url
@@ -82,33 +83,51 @@ _PAIR_COLUMNS = {  # the columns only a pair has, and their type on other rows
 }
 
 
-def open_dataset(root: str | Path, run: str | None = None, *, reader: str = "auto") -> Dataset:
+def open_dataset(root: str | Path, run: str | None = None, *, reader: str = "auto", use_index: bool = True) -> Dataset:
     """The dataset at ``root`` (a folder or a URI): all of it (``run`` None or ``all``), one run
     by id (or the start of one), or ``latest`` (the run started last). ``reader``: ``auto``,
-    ``duckdb`` (local roots only) or ``arrow``."""
-    return Dataset(root, run, reader=reader)
+    ``duckdb`` (local roots only) or ``arrow``. ``use_index``: answer summaries from the runs'
+    summary indexes where they are current (:mod:`rayprof.index`); False always scans the rows."""
+    return Dataset(root, run, reader=reader, use_index=use_index)
 
 
 class Dataset:
     """One DuckDB connection with the ``steps`` and ``batches`` views of the selected runs."""
 
-    def __init__(self, root: str | Path, run: str | None = None, *, reader: str = "auto"):
+    def __init__(self, root: str | Path, run: str | None = None, *, reader: str = "auto", use_index: bool = True):
         self.root = root
         self.fs, self.base = sink.open_root(root)
         self._manifests: dict[str, dict] = {}
-        self.con = duckdb.connect()
-        self.con.execute("SET TimeZone = 'UTC'; SET parquet_metadata_cache = true")
-        self.con.register("_empty", _CANON.empty_table())
+        self._db = duckdb.connect()
+        self._db.execute("SET TimeZone = 'UTC'; SET parquet_metadata_cache = true; SET enable_progress_bar = false")
+        self._db.register("_empty", _CANON.empty_table())
+        self._files: list[str] | None = None  # the views are made on first use: the index answers without them
         self.reader = _reader(reader, root, self.base)
         self.all_runs = _runs_at(self.fs, self.base, root)
         self.run_ids = self._select(run)
         infos = sink._listing(root, self.run_ids[0] if len(self.run_ids) == 1 else None)[2]
-        selected = set(self.run_ids)
-        files = [i.path for i in infos if _run_of(self.base, i.path) in selected]
-        self.actors = self._catalogue(files)
+        by_run: dict[str, list[pafs.FileInfo]] = {}
+        for i in infos:
+            by_run.setdefault(_run_of(self.base, i.path), []).append(i)
+        self._files = [i.path for r in self.run_ids for i in by_run.get(r, [])]
+        self.indexes: dict[str, index.RunIndex] = {}
+        """The selected runs' summary indexes that cover their files (:mod:`rayprof.index`)."""
+        if use_index:
+            found = {r: index.load(self.fs, self.base, r, by_run.get(r, [])) for r in self.run_ids}
+            self.indexes = {r: ix for r, ix in found.items() if ix is not None}
+        scanned = self._catalogue([i.path for r in self.run_ids if r not in self.indexes for i in by_run.get(r, [])])
+        self.actors = pd.concat([scanned, *(ix.catalogue for ix in self.indexes.values())], ignore_index=True) \
+            if self.indexes else scanned
         self.stages = _stages(self.actors)
         """The stages the selection measured (the others are NULL in every row)."""
-        self._create_views(files)
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The DuckDB connection, with the views (made on first use)."""
+        if self._files is not None:
+            files, self._files = self._files, None
+            self._create_views(files)
+        return self._db
 
     # ------------------------------------------------------------------ the views
 
@@ -178,6 +197,9 @@ class Dataset:
             raise UserError("--window", window, "must be 1 step or more", "give steps per window, e.g. --window 50")
         if not stability_pct > 0:
             raise UserError("--stability-pct", stability_pct, "must be above 0", "give a percentage, e.g. 10")
+        indexed = self._indexed_summary(by, include_warmup, window, stability_pct)
+        if indexed is not None:
+            return indexed
         keys, where = ", ".join(map(_q, by)), "" if include_warmup else "WHERE NOT warmup"
         stats = ", ".join(f"avg({s}_ms) AS {s}_mean, quantile_cont({s}_ms, {_QUANTILES}) AS {s}_q" for s in self.stages)
         roles = "concat_ws(',', " + ", ".join(f"CASE WHEN bool_or(role = '{r}') THEN '{r}' END" for r in ROLES) + ")"
@@ -243,19 +265,134 @@ class Dataset:
         batch_actors = self.actors[self.actors["role"] != "tail"]  # a pair's batches carry its head's identity
         if batch_actors.empty or batch_actors.groupby(list(PEER_COLUMNS), dropna=False).size().max() < 2:
             return pd.DataFrame(columns=columns)  # nobody to compare with: no need to read the rows
-        medians = ", ".join(f"median({s}_ms) AS {s}" for s in self.stages)
-        actors = self.con.sql(f"""SELECT {", ".join(PEER_COLUMNS)}, worker, actor_id, node, count(*) AS steps, {medians}
-            FROM batches {"" if include_warmup else "WHERE NOT warmup"} GROUP BY ALL""").df()
+        actors = self._indexed_medians(include_warmup)
+        if actors is None:
+            medians = ", ".join(f"median({s}_ms) AS {s}" for s in self.stages)
+            actors = self.con.sql(f"""SELECT {", ".join(PEER_COLUMNS)}, worker, actor_id, node, count(*) AS steps,
+                {medians} FROM batches {"" if include_warmup else "WHERE NOT warmup"} GROUP BY ALL""").df()
         found = [row for _, peers in actors.groupby(list(PEER_COLUMNS), dropna=False, sort=True)
                  for row in _slow_units(peers, [s for s in self.stages if s != "total"], threshold_pct)]
         return pd.DataFrame(found, columns=columns)
+
+    # ------------------------------------------------------------------ from the summary index
+
+    def _index_rows(self, include_warmup: bool) -> pd.DataFrame | None:
+        """The indexes' rows (one per batch actor and warm-up flag; warm-up rows only if asked),
+        with ``node`` and ``tail_node`` named as the ``batches`` view names them, and the index's
+        ``_run``; None unless every selected run has an index."""
+        if set(self.indexes) != set(self.run_ids):
+            return None
+        rows = pd.concat([ix.batches.assign(_run=r) for r, ix in self.indexes.items()], ignore_index=True)
+        if not include_warmup:
+            rows = rows[~rows["warmup"]].reset_index(drop=True)
+        from .summary import node_names
+
+        a = self.actors
+        node_of = dict(zip(zip(a["node_ip"], a["node_id"]), node_names(a)))
+        rows["node"] = [node_of[k] for k in zip(rows["node_ip"], rows["node_id"])]
+        actor_node = dict(zip(zip(a["run_id"], a["actor_id"]), node_names(a)))
+        rows["tail_node"] = [actor_node.get(k) for k in zip(rows["run_id"], rows["tail_actor_id"])]
+        return rows
+
+    def _stage_values(self, rows: pd.DataFrame, stage: str) -> list:
+        """The sorted ``stage`` values of each of ``rows`` (views into the indexes' arrays)."""
+        if f"{stage}_n" not in rows:
+            return []
+        return [self.indexes[r].values[stage][int(o):int(o) + int(n)]
+                for r, o, n in zip(rows["_run"], rows[f"{stage}_off"], rows[f"{stage}_n"]) if n > 0]
+
+    def _indexed_summary(self, by: list[str], include_warmup: bool, window: int | None,
+                         stability_pct: float) -> pd.DataFrame | None:
+        """:meth:`summary` from the indexes: the same columns and numbers without a scan of the
+        rows. None (scan instead) unless every run has an index, ``by`` names columns constant per
+        actor, and the stability windows lie within the batches each index keeps."""
+        if window is not None and 3 * window > index.TAIL_STEPS or not set(by) <= {*index.KEY_COLUMNS, "node"}:
+            return None
+        rows = self._index_rows(include_warmup)
+        if rows is None:
+            return None
+        columns = [*by, "roles", "steps", "frames", "fps", *(c for s in STAGES for c in _percentile_cols(s)),
+                   "stability", "window_steps", "fps_spread_pct", "p99_spread_pct"]
+        if rows.empty:
+            return pd.DataFrame(columns=columns)
+        windows = self._indexed_windows(rows, by, include_warmup, window)
+        if windows is None:
+            return None
+        out = []
+        for key, g in rows.groupby(by, dropna=False, sort=False):
+            row = dict(zip(by, key))
+            row.update(roles=",".join(r for r in ROLES if (g["role"] == r).any()), steps=int(g["n"].sum()),
+                       frames=int(g["frames"].sum()), _t0=g["t0"].min(), _t1=g["t1"].max())
+            span = (row["_t1"] - row["_t0"]) / 1e9
+            row["fps"] = row["frames"] / span if span else np.nan
+            for s in STAGES:
+                names, values = _percentile_cols(s), self._stage_values(g, s) if s in self.stages else []
+                n = g[f"{s}_n"].sum() if values else 0
+                stats = [g[f"{s}_sum"].sum() / n if n else np.nan, *index.quantiles(values, [p / 100 for p in PERCENTILES])]
+                row.update(zip(names, stats))
+            out.append(row)
+        g = pd.DataFrame(out)
+        g = g.merge(windows, on=by, how="left") if len(windows) else g.assign(windows=np.nan, w=np.nan,
+                                                                               fps_spread=np.nan, p99_spread=np.nan)
+        stable = (g["windows"] == 3) & (g["fps_spread"] <= stability_pct) & (g["p99_spread"] <= stability_pct)
+        g["stability"] = np.where(g["w"].isna(), "short", np.where(stable, "stable", "unstable"))
+        g = g.rename(columns={"w": "window_steps", "fps_spread": "fps_spread_pct", "p99_spread": "p99_spread_pct"})
+        order = g[by].copy()
+        if "sweep_point" in by:  # sweep points in the order they ran, not by name
+            order["sweep_point"] = g.groupby("sweep_point", dropna=False)["_t0"].transform("min")
+        g = g.iloc[order.sort_values(by, kind="stable", na_position="last").index]
+        return g[columns].reset_index(drop=True)
+
+    def _indexed_windows(self, rows: pd.DataFrame, by: list[str], include_warmup: bool,
+                         window: int | None) -> pd.DataFrame | None:
+        """Per group of ``by``: windows (how many), w, fps_spread and p99_spread of the last
+        three windows, as :meth:`_windows` and :meth:`summary` compute them, from the indexes'
+        last batches; None where a window reaches before them."""
+        actors = _window_actors(self.actors, window, include_warmup)
+        tails = pd.concat([ix.tail.assign(run_id=r) for r, ix in self.indexes.items()], ignore_index=True)
+        first = tails.groupby(["run_id", "actor_id"])["step"].min().rename("kept_from")
+        ends = rows.groupby(["run_id", "actor_id"])["s_max"].max()
+        actors = actors.join(first, on=["run_id", "actor_id"]).join(ends, on=["run_id", "actor_id"])
+        if ((actors["s1"] - 3 * actors["w"] + 1 < actors["kept_from"]) & (actors["s_max"] > index.TAIL_STEPS)).any():
+            return None
+        keys = rows[["run_id", "actor_id", *[c for c in by if c not in ("run_id", "actor_id")]]].drop_duplicates()
+        b = tails.merge(actors[["run_id", "actor_id", "s1", "w"]], on=["run_id", "actor_id"])
+        b = b[(b["step"] > b["s1"] - 3 * b["w"]) & (include_warmup or ~b["warmup"])]
+        b = b.merge(keys, on=["run_id", "actor_id"]).assign(k=lambda d: (d["s1"] - d["step"]) // d["w"])
+        if b.empty:
+            return pd.DataFrame(columns=[*by, "windows", "w", "fps_spread", "p99_spread"])
+        per_actor = b.groupby([*by, "actor_id", "k"], dropna=False).agg(f=("frames", "sum"), t0=("t0", "min"),
+                                                                           t1=("t1", "max"))
+        per_actor["fps"] = per_actor["f"] / ((per_actor["t1"] - per_actor["t0"]) / 1e9)
+        per_k = b.groupby([*by, "k"], dropna=False).agg(w=("w", "min"))
+        per_k["p99"] = b.groupby([*by, "k"], dropna=False)["total_ms"].quantile(0.99)
+        per_k["fps"] = per_actor.groupby([*by, "k"], dropna=False)["fps"].sum()
+        out = per_k.groupby(by, dropna=False).agg(windows=("w", "size"), w=("w", "min"), fps_max=("fps", "max"),
+                                                  fps_min=("fps", "min"), p99_max=("p99", "max"), p99_min=("p99", "min"))
+        out["fps_spread"] = (out["fps_max"] / out["fps_min"] - 1) * 100
+        out["p99_spread"] = (out["p99_max"] / out["p99_min"] - 1) * 100
+        return out.reset_index()[[*by, "windows", "w", "fps_spread", "p99_spread"]]
+
+    def _indexed_medians(self, include_warmup: bool) -> pd.DataFrame | None:
+        """Per batch actor from the indexes: :data:`PEER_COLUMNS`, worker, actor_id, node, steps and
+        the median of every stage (what :meth:`stragglers` compares); None without indexes."""
+        rows = self._index_rows(include_warmup)
+        if rows is None:
+            return None
+        out = []
+        for _, g in rows.groupby(["run_id", "actor_id"], sort=True):
+            row = g.iloc[0][[*PEER_COLUMNS, "worker", "actor_id", "node"]].to_dict()
+            row["steps"] = int(g["n"].sum())
+            row.update({s: index.quantiles(self._stage_values(g, s), [0.5])[0] for s in self.stages})
+            out.append(row)
+        return pd.DataFrame(out, columns=[*PEER_COLUMNS, "worker", "actor_id", "node", "steps", *self.stages])
 
     # ------------------------------------------------------------------ building
 
     def _by(self, by: Sequence[str] | None) -> list[str]:
         if by is None:
             return self.default_by()
-        by, known = [c.strip() for c in by if c.strip()], self.columns("steps")
+        by, known = [c.strip() for c in by if c.strip()], _steps_columns()
         if not by:
             raise UserError("--by", "", "names no column", f"use columns of the steps view: {', '.join(known)}")
         for c in by:
@@ -310,7 +447,7 @@ class Dataset:
             ends.setdefault((folder, m.group("actor") if m else name), [f, f])[1] = f
         picked = sorted({f for first_last in ends.values() for f in first_last})
         ident = dict.fromkeys(["worker", "actor_id", "pair_id", "node_ip", "node_id", *PEER_COLUMNS])
-        return self.con.sql(f"""
+        return self._db.sql(f"""
             SELECT {", ".join(ident)}, min(epoch_ns(t_start)) AS t0, max({_END_NS}) AS t1, min(step) AS s0,
                    max(step) AS s1, count(*) FILTER (WHERE warmup) AS warm,
                    {", ".join(f"bool_or({c} IS NOT NULL) AS {c}" for c in _MEASURED)}
@@ -325,22 +462,22 @@ class Dataset:
             role = roles.get(_actor_key(self.base, f), "full")
             parts[role if role in ("head", "tail") else "full"].append(f)
         node = _node_sql(self.actors)
-        cols = ", ".join(f"{node} AS node, node_id" if c == "node_id" else _q(c) for c in _CANON.names)
+        cols = ", ".join(f"{node} AS node" if c == "node" else _q(c) for c in _steps_columns())
         present = [p for p, part_files in parts.items() if p == "full" or part_files]
         for part in present:
-            self.con.execute(f"CREATE OR REPLACE VIEW _{part} AS SELECT {cols} FROM ({self._scan(part, parts[part])})")
+            self._db.execute(f"CREATE OR REPLACE VIEW _{part} AS SELECT {cols} FROM ({self._scan(part, parts[part])})")
         union = " UNION ALL ".join(f"SELECT * FROM _{p}" for p in present)
-        self.con.execute(f"CREATE OR REPLACE VIEW steps AS {union}")
+        self._db.execute(f"CREATE OR REPLACE VIEW steps AS {union}")
         none = ", ".join(f"NULL::{kind} AS {name}" for name, (_, kind) in _PAIR_COLUMNS.items())
         pairs = f" UNION ALL BY NAME {_pair_sql()}" if parts["head"] and parts["tail"] else ""
-        self.con.execute(f"CREATE OR REPLACE VIEW batches AS SELECT *, {none} FROM _full{pairs}")
+        self._db.execute(f"CREATE OR REPLACE VIEW batches AS SELECT *, {none} FROM _full{pairs}")
 
     def _scan(self, name: str, files: list[str]) -> str:
         """SQL for the rows of ``files``: every column of today's schema (NULL where a file lacks it)."""
         if not files:
             return "SELECT * FROM _empty"
         if self.reader == "arrow":
-            self.con.register(f"_arrow_{name}", sink.files_dataset(self.fs, self.base, files))
+            self._db.register(f"_arrow_{name}", sink.files_dataset(self.fs, self.base, files))
             scans = [f"SELECT * RENAME (run AS run_id) FROM _arrow_{name}"]
         else:
             by_run: dict[str, list[str]] = {}
@@ -364,6 +501,11 @@ def sql_errors(query: str) -> Iterator[None]:
         message = " ".join(line for line in lines if not line.startswith("LINE "))[:300]
         raise UserError("--sql", query, message or type(e).__name__,
                         'query the views steps and batches (--sql "DESCRIBE steps" lists the columns)') from None
+
+
+def _steps_columns() -> list[str]:
+    """The ``steps`` view's columns: the files' (with the partition columns) and ``node`` before ``node_id``."""
+    return [c for name in _CANON.names for c in (("node", name) if name == "node_id" else (name,))]
 
 
 def _pair_sql() -> str:

@@ -95,6 +95,7 @@ def test_submit_the_main_job(tmp_path):
     run_dir = out / f"run={run_id}"
     man = json.loads((run_dir / "_manifest.json").read_text())
     assert man["status"] == "completed" and len(man["actors"]) == 5
+    assert "built_s" in man["index"] and (run_dir / "_index" / "batches.arrow").exists()  # the summary index
     # the same rows through pandas, pyarrow and DuckDB: exactly one per executed step
     df = pd.read_parquet(run_dir)
     assert len(df) == pq.read_table(run_dir).num_rows == 5 * 4
