@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -161,7 +161,9 @@ class Dataset:
         rows = []
         for run_id in self.run_ids:
             m, cat = self._manifest(run_id), self.actors[self.actors["run_id"] == run_id]
-            start = self._start(run_id, cat)
+            start = started_ns(m)
+            if start is None and len(cat):
+                start = int(cat["t0"].min())
             duration = m.get("duration_s")
             if duration is None and len(cat):  # running, or no manifest: as far as the rows go
                 duration = (cat["t1"].max() - start) / 1e9
@@ -404,36 +406,20 @@ class Dataset:
     def _manifest(self, run_id: str) -> dict:
         """The run's manifest; ``{}`` where it has none (yet)."""
         if run_id not in self._manifests:
-            try:
-                self._manifests[run_id] = sink.read_manifest(self.root, run_id)
-            except (OSError, ValueError):
-                self._manifests[run_id] = {}
+            self._manifests[run_id] = manifest_of(self.root, run_id)
         return self._manifests[run_id]
 
-    def _start(self, run_id: str, actors: pd.DataFrame | None = None) -> int | None:
-        """When the run started (ns): the manifest says, else its first row (from ``actors``, the
-        catalogue, read here when not given); None without either."""
-        started = self._manifest(run_id).get("started_at")
-        if started:
-            return int(datetime.fromisoformat(started).timestamp() * 1e9)
-        if actors is None:
-            actors = self._catalogue(sink.dataset_files(self.root, run_id))
-        t0 = actors.loc[actors["run_id"] == run_id, "t0"].min()
+    def _start(self, run_id: str) -> int | None:
+        """When the run started (ns): the manifest says, else its first row (its actors' first
+        files); None without either."""
+        started = started_ns(self._manifest(run_id))
+        if started is not None:
+            return started
+        t0 = self._catalogue(sink.dataset_files(self.root, run_id))["t0"].min()
         return None if pd.isna(t0) else int(t0)
 
     def _select(self, run: str | None) -> list[str]:
-        if run in (None, "all"):
-            return self.all_runs
-        if run == "latest":
-            return [max(self.all_runs, key=lambda r: (self._start(r) or 0, r))]
-        run = run.removeprefix("run=")
-        matches = [run] if run in self.all_runs else [r for r in self.all_runs if r.startswith(run)]
-        if len(matches) > 1:
-            raise UserError("--run", run, f"is the start of several runs ({', '.join(matches)})", "give more of the id")
-        if not matches:
-            where = f"{mask_url(str(self.root))}{did_you_mean(run, self.all_runs)}"
-            raise UserError("--run", run, f"is not a run in {where}", f"use latest, all or one of: {', '.join(self.all_runs)}")
-        return matches
+        return pick_runs(self.root, self.all_runs, run, self._start)
 
     def _catalogue(self, files: list[str]) -> pd.DataFrame:
         """One row per actor from its first and last file: its identity (worker, actor_id,
@@ -489,6 +475,48 @@ class Dataset:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def run_list(root: str | Path) -> list[str]:
+    """The run ids at ``root``; a missing or empty root is a :class:`UserError`."""
+    return _runs_at(*sink.open_root(root), root)
+
+
+def pick_runs(root: str | Path, runs: list[str], run: str | None, started: Callable[[str], int | None],
+              one: bool = False) -> list[str]:
+    """The runs among ``runs`` (those at ``root``) that ``run`` names: all (None or ``all``, unless
+    ``one``), the one started last (``latest``, by ``started(run_id)`` in ns), or one by id or the
+    start of one (``run=`` allowed). A name that fits none or several is a :class:`UserError`."""
+    choices = "latest" if one else "latest, all"
+    if run in (None, "all") and one:
+        raise UserError("--run", run, "names several runs where one is wanted", "give a run id, or latest")
+    if run in (None, "all"):
+        return runs
+    if run == "latest":
+        return [max(runs, key=lambda r: (started(r) or 0, r))]
+    run = run.removeprefix("run=")
+    matches = [run] if run in runs else [r for r in runs if r.startswith(run)]
+    if len(matches) > 1:
+        raise UserError("--run", run, f"is the start of several runs ({', '.join(matches)})", "give more of the id")
+    if not matches:
+        where = f"{mask_url(str(root))}{did_you_mean(run, runs)}"
+        raise UserError("--run", run, f"is not a run in {where}", f"use {choices} or one of: {', '.join(runs)}")
+    return matches
+
+
+def manifest_of(root: str | Path, run_id: str) -> dict:
+    """The run's manifest; ``{}`` where it has none (yet)."""
+    try:
+        return sink.read_manifest(root, run_id)
+    except (OSError, ValueError):
+        return {}
+
+
+def started_ns(manifest: dict) -> int | None:
+    """When the manifest says its run started (ns since the epoch); None without a manifest."""
+    started = manifest.get("started_at")
+    return int(datetime.fromisoformat(started).timestamp() * 1e9) if started else None
+
 
 
 @contextmanager

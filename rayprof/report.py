@@ -19,17 +19,16 @@ import html
 import io
 import re
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .summary import node_names
-from .errors import UserError, did_you_mean
+from .errors import UserError
 from .metrics import BATCH_STAGES, batches, concurrent_fps, summarize
-from .sink import list_runs, read_manifest, read_table
-from .source import mask_url
+from .query import manifest_of, pick_runs, run_list, started_ns
+from .sink import read_table
+from .summary import node_names
 
 #: the columns the report reads (what :func:`rayprof.metrics.batches` needs, and the node)
 COLUMNS = ["worker", "actor_id", "pair_id", "node_id", "node_ip", "role", "sweep_point", "step", "warmup",
@@ -49,42 +48,17 @@ _RANK = {"completed": 0, "pending": 1, "running": 1, "stopped": 2, "failed": 3}
 # --------------------------------------------------------------------------- loading
 
 
-def run_ids(root: str | Path) -> list[str]:
-    """The runs at ``root`` (its ``run=<id>`` folders), sorted. A missing root is a UserError."""
-    try:
-        return list_runs(root)
-    except FileNotFoundError:
-        raise UserError("ROOT", mask_url(str(root)), "does not exist",
-                        "give the dataset folder a run wrote to (the spec's output)") from None
-
-
 def resolve_run(root: str | Path, run: str) -> str:
-    """``run`` as a run id at ``root``: ``latest`` is the run that started last (manifest, else first row)."""
-    runs = run_ids(root)
-    if not runs:
-        raise UserError("ROOT", mask_url(str(root)), "holds no rayprof runs (no run=<id> folders)",
-                        "give the dataset folder a run wrote to (the spec's output)")
-    if run == "latest":
-        return max(runs, key=lambda r: (_started_ns(root, r), r))
-    run = run.removeprefix("run=")
-    if run not in runs:
-        raise UserError("--run", run, f"is not a run in {mask_url(str(root))}{did_you_mean(run, runs)}",
-                        f"use latest or one of: {', '.join(runs)}")
-    return run
-
-
-def manifest_of(root: str | Path, run_id: str) -> dict:
-    """The run's manifest; ``{}`` where it has none (yet)."""
-    try:
-        return read_manifest(root, run_id)
-    except (OSError, ValueError):
-        return {}
+    """``run`` as one run id at ``root`` (as ``rayprof query`` selects: ``latest``, an id or the
+    start of one); ``latest`` is the run that started last (manifest, else first row)."""
+    (run_id,) = pick_runs(root, run_list(root), run, lambda r: _started_ns(root, r), one=True)
+    return run_id
 
 
 def _started_ns(root: str | Path, run_id: str) -> int:
-    started = manifest_of(root, run_id).get("started_at")
-    if started:
-        return int(datetime.fromisoformat(started).timestamp() * 1e9)
+    started = started_ns(manifest_of(root, run_id))
+    if started is not None:
+        return started
     t = read_table(root, run_id, columns=["t_start"]).column("t_start")
     return int(t.to_numpy().min().astype("int64")) if len(t) else 0
 
