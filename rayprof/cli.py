@@ -290,7 +290,7 @@ def query(root: str, run: str | None, by: str | None, include_warmup: bool, fmt:
     stability, stragglers), or run --sql over it."""
     from . import query_format as qf
     from .query import open_dataset, sql_errors
-    from .summary import console, print_table
+    from .summary import console, print_table, sweep_table
 
     if sql is not None:
         if by or include_warmup or window is not None:
@@ -305,10 +305,11 @@ def query(root: str, run: str | None, by: str | None, include_warmup: bool, fmt:
     columns = by.split(",") if by is not None else None
     summary = ds.summary(by=columns, include_warmup=include_warmup, window=window, stability_pct=stability_pct)
     stragglers = ds.stragglers(include_warmup, straggler_pct) if straggler_pct else None
+    sweep = ds.sweep() if fmt != "csv" else None
     if fmt == "csv":
         click.echo(qf.csv_text(summary))
     elif fmt == "json":
-        click.echo(qf.summary_json(ds.run_ids, summary, stragglers))
+        click.echo(qf.summary_json(ds.run_ids, summary, stragglers, sweep))
     else:
         con = console()
         con.print(f"run {', '.join(ds.run_ids)}" if len(ds.run_ids) < 4 else f"{len(ds.run_ids)} runs")
@@ -316,6 +317,8 @@ def query(root: str, run: str | None, by: str | None, include_warmup: bool, fmt:
             con.print("no measured steps yet")
             return 0
         print_table(con, qf.summary_table(summary))
+        if sweep is not None:
+            print_table(con, sweep_table(sweep))
         lines = qf.summary_notes(summary, include_warmup, stability_pct)
         for line in lines + (qf.straggler_lines(stragglers, straggler_pct) if stragglers is not None else []):
             con.print(line)

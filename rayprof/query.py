@@ -253,6 +253,17 @@ class Dataset:
                   WHERE b.step > {cutoff} AND b.step > a.s1 - 3 * a.w {"" if include_warmup else "AND NOT b.warmup"})
             GROUP BY GROUPING SETS (({", ".join(map(_q, by))}, _actor, k), ({", ".join(map(_q, by))}, k))""")
 
+    def sweep(self) -> pd.DataFrame | None:
+        """Per sweep point of the one selected run, in the order they ran: steps, frames, fps
+        (while every actor of the point ran), e2e p50/p99 and the strong, weak and replica
+        scaling efficiencies (:func:`rayprof.summary.sweep_summary`, what a sweep prints when it
+        ends; warm-up excluded). None unless one run with several sweep points is selected."""
+        from .summary import sweep_summary
+
+        if len(self.run_ids) != 1 or self.actors["sweep_point"].nunique() < 2:
+            return None
+        return sweep_summary(self.df("steps"))
+
     def stragglers(self, include_warmup: bool = False, threshold_pct: float = STRAGGLER_PCT) -> pd.DataFrame:
         """Actors and nodes whose median batch time (``total_ms`` of ``batches``) is more than
         ``threshold_pct`` percent above their peers' (the other actors doing the same work: the

@@ -29,10 +29,13 @@ def json_text(value) -> str:
     return json.dumps(value, indent=2)
 
 
-def summary_json(run_ids: list[str], summary: pd.DataFrame, stragglers: pd.DataFrame | None) -> str:
-    """``{"runs": [...], "summary": [...], "stragglers": [...] or null (not looked for)}``."""
+def summary_json(run_ids: list[str], summary: pd.DataFrame, stragglers: pd.DataFrame | None,
+                 sweep: pd.DataFrame | None = None) -> str:
+    """``{"runs": [...], "summary": [...], "stragglers": [...] or null (not looked for),
+    "sweep": [...] or null (not one sweep run)}``."""
     return json_text({"runs": run_ids, "summary": records(summary),
-                      "stragglers": None if stragglers is None else records(stragglers)})
+                      "stragglers": None if stragglers is None else records(stragglers),
+                      "sweep": None if sweep is None else records(sweep)})
 
 
 def frame_table(df: pd.DataFrame, limit: int | None = None):

@@ -367,3 +367,18 @@ def test_a_real_run(cli, tmp_path, small_video):
     assert data["stragglers"] == []
     text = cli("query", out, "--by", "worker,node,cores").output
     assert "exec" in text and "total" in text
+
+
+def test_query_prints_a_scaling_sweep_with_its_efficiency(cli, tmp_path):
+    """A replicas sweep (1 then 2 actors, each as fast as alone): the sweep table after the
+    summary, in the order the points ran, with the replica efficiency fps(2) / (2 × fps(1))."""
+    actors = [full_actor("m", r, steps=60, start_ns=gen.T0_NS + i * 60 * 10**9, seed=r, sweep_point=f"replicas={n}",
+                         actor_id=f"m-p{i}-{r}") for i, n in enumerate((1, 2)) for r in range(n)]
+    write_run(tmp_path, "scale-20260101-000000-0000", actors)
+    points = json.loads(cli("query", tmp_path, "--format", "json").output)["sweep"]
+    assert [p["sweep_point"] for p in points] == ["replicas=1", "replicas=2"]
+    one, two = points
+    assert one["replicas"] == 1.0 and two["replicas"] == pytest.approx(two["fps"] / (2 * one["fps"]), rel=1e-3)
+    assert 0.8 < two["replicas"] < 1.2  # two actors at one actor's pace each
+    table = cli("query", tmp_path).output
+    assert "sweep points" in table and "replicas eff." in table
