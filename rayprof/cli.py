@@ -148,6 +148,8 @@ def validate(spec_path: str, overrides: tuple[str, ...], remote: bool, address: 
               help="Cut the model after MODULE (e.g. resnet50:layer3): the head half on the CPU, the tail on the "
                    "model's device, the activation moved between them in this process (see `rayprof split-points`).")
 @click.option("--loop", is_flag=True, help="Loop a video file until --max-steps.")
+@click.option("--pipeline", type=click.Choice(["serial", "overlap"]), default="serial", show_default=True,
+              help="overlap: read and preprocess the next batch while the model runs this one.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--output", default="runs", show_default=True, help="Dataset root.")
 @click.option("--run-name", "run_name", default="run", show_default=True)
@@ -170,6 +172,7 @@ def run(**o) -> int:
         "max_steps": o["max_steps"],
         "warmup_steps": o["warmup_steps"],
         "seed": o["seed"],
+        "pipeline": o["pipeline"],
     }
     if o["split_point"]:
         worker["model"]["split"] = o["split_point"]
@@ -191,7 +194,7 @@ RUN_FLAGS = {
     "cores": "--core-bind", "model.compile": "--enable-compile", "model.amp": "--use-amp",
     "max_steps": "--max-steps", "warmup_steps": "--warmup-steps", "model.weights": "--weights",
     "model.num_classes": "--num-classes", "seed": "--seed", "run": "--run-name", "output": "--output",
-    "model.split": "--split-point", "pair.head_device": "--split-point",
+    "model.split": "--split-point", "pair.head_device": "--split-point", "pipeline": "--pipeline",
 }
 
 

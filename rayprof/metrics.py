@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"  # 2: wait_ms and split_point (split models)
+SCHEMA_VERSION = "3"  # 2: wait_ms and split_point (split models); 3: pipeline
 
 _TS = pa.timestamp("ns", tz="UTC")
 
@@ -43,6 +43,7 @@ IDENTITY_FIELDS: list[pa.Field] = [
     pa.field("compiled", pa.bool_()),
     pa.field("sweep_point", pa.string()),
     pa.field("split_point", pa.string()),
+    pa.field("pipeline", pa.string()),  # serial | overlap; null in files older than schema 3
 ]
 
 STEP_FIELDS: list[pa.Field] = [

@@ -61,6 +61,7 @@ class WorkerPlan:
     window: int = 2  # role head: batches in flight to the tail
     peer: str | None = None  # a pair's other actor
     phase: int = 0  # sweep point index: phases run one after another
+    pipeline: str = "serial"  # serial | overlap (read and prep the next batch while the model runs)
     field: str = field(default="workers[0]", compare=False)
 
 
@@ -190,6 +191,7 @@ def _plan(spec: FleetSpec, run_id: str, i: int, w: WorkerSpec, r: int, exec_devi
         spread=w.spread,
         profile_torch=w.profile.torch.model_dump() if w.profile.torch else None,
         profile_nsys=w.profile.nsys.model_dump() if w.profile.nsys else None,
+        pipeline=w.pipeline,
         field=f"workers[{i}]",
     )
 

@@ -55,7 +55,7 @@ STAGES = ("read", "prep", "exec", "head", "head_wait", "transfer", "queue", "tai
 """The ``batches`` view's stages (``<stage>_ms``) in the order a batch meets them; ``total`` is end to end."""
 ROLES = ("full", "split", "pair")  # of batches
 PEER_COLUMNS = ("run_id", "model", "mode", "role", "batch_size", "prep_level", "prep_device", "exec_device",
-                "amp", "compiled", "sweep_point")
+                "amp", "compiled", "sweep_point", "pipeline")
 """Actors that agree on these do the same work: stragglers are judged among them."""
 STABILITY_PCT = 10.0  # perf_analyzer's default
 STRAGGLER_PCT = 20.0

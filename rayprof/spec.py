@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import UserError, did_you_mean
 
@@ -165,6 +165,9 @@ class WorkerSpec(_Strict):
     spread: bool = Field(False, description="replicas on different nodes while nodes last")
     profile: ProfileSpec = ProfileSpec()
     pair: PairSpec = PairSpec()
+    pipeline: Literal["serial", "overlap"] = Field(
+        "serial", description="serial: read, prep and exec one after another (the original tool); overlap: read "
+        "and prep the next batch on a background thread while the model runs this one")
     max_steps: int = Field(100, ge=0, description="steps (batches) to run; 0 = until the source ends")
     warmup_steps: int = Field(5, ge=0, description="first steps flagged warmup, left out of summaries")
     seed: int = 0
@@ -188,6 +191,16 @@ class WorkerSpec(_Strict):
     @classmethod
     def _cores_str(cls, v: Any) -> Any:
         return _cores_text(v)
+
+    @field_validator("pipeline")
+    @classmethod
+    def _pipeline_unsplit(cls, v: str, info: ValidationInfo) -> str:
+        """A two-actor split's head keeps ``wait_ms`` for its window: it pipelines with its tail already."""
+        model, pair = info.data.get("model"), info.data.get("pair")
+        if v == "overlap" and model is not None and model.split is not None and pair is not None and not pair.in_process:
+            raise ValueError("is not supported for a split model's two actors (its head overlaps with its tail "
+                             "already); set pair.in_process: true (both halves in one actor), or pipeline: serial")
+        return v
 
     @field_validator("name")
     @classmethod

@@ -12,6 +12,16 @@ Per step (serial, the original tool's semantics)::
         with mark("exec"):  loss = runner.step(x, labels); sync  → exec_ms
     row(step, warmup, t_start, read_ms, prep_ms, exec_ms, total_ms, frames, dropped, age, loss)
 
+``pipeline: overlap`` reads and preps the next batch on a background thread while the model
+runs this one (:mod:`rayprof.prefetch`, which also says what each column then means)::
+
+    prefetch thread:  read N+1 → prep N+1 ─────────▶ read N+2 → prep N+2 …   → read_ms, prep_ms
+    worker thread:    wait for N → exec N            wait for N+1 → exec N+1  → wait_ms, exec_ms
+
+Endings (max_steps, end of stream, stop, errors), warm-up, flushing and drop accounting are the
+same in both modes: the prefetch thread reads no batch beyond ``max_steps``, its errors are the
+worker's, and it is joined before the source closes.
+
 Rows are shipped through ``emit(RecordBatch)`` at least every ``flush_interval_s`` (and every
 4096 rows), between steps, so a worker's death loses at most that much.
 """
@@ -34,6 +44,7 @@ from .errors import UserError
 from .markers import mark
 from .metrics import RowBuffer, StepRecord
 from .plan import WorkerPlan
+from .prefetch import Prefetcher, Staged, stager, staging_for
 from .profiling import tracer_for
 from .timing import Clock, StageTimer, WallClock, cuda_sync_for
 
@@ -109,6 +120,20 @@ class WorkerResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _waiting(get: Callable[[], Staged | None], lap: Callable[..., float]) -> Callable[[int], Staged | None]:
+    """``take(step)`` of ``pipeline: overlap``: wait for the prefetch thread's batch (``wait_ms``)."""
+
+    def take(step: int) -> Staged | None:
+        with mark("wait", step):
+            staged = get()
+        wait_ms = lap("wait")
+        if staged is not None:
+            staged.wait_ms = wait_ms
+        return staged
+
+    return take
 
 
 def default_context() -> dict:
@@ -254,6 +279,7 @@ class StreamWorker:
             "compiled": bool(getattr(info, "compiled", p.compile)),
             "sweep_point": p.sweep_point,
             "split_point": p.split_point,
+            "pipeline": p.pipeline,
         }
         self.buffer = RowBuffer(self.identity)
         self._prep_sync = cuda_sync_for(p.prep_device)
@@ -330,15 +356,32 @@ class StreamWorker:
         return result
 
     def _loop(self) -> str:
+        """Steps until an ending; each step's input is read and prepped in the step (serial) or
+        waited for from the prefetch thread (overlap)."""
+        p = self.plan
+        timer = StageTimer(self._clock)
+        if p.pipeline != "overlap":
+            return self._run_steps(timer, stager(self.source.read, self._staging(False), p.batch_size, timer.lap))
+        staging = self._staging(True)
+        with Prefetcher(self.source.read, staging, p.batch_size, self._clock, limit=p.max_steps) as prefetch:
+            return self._run_steps(timer, _waiting(prefetch.get, timer.lap))
+
+    def _staging(self, overlap: bool):
+        """How this worker's batches are preprocessed: see :func:`rayprof.prefetch.staging_for`."""
+        p = self.plan
+        input_device = p.head_device if p.role == "split" else p.exec_device
+        return staging_for(self.prep, p.prep_device, input_device, self._prep_sync, overlap)
+
+    def _run_steps(self, timer: StageTimer, take: Callable[[int], Staged | None]) -> str:
+        """The loop: ``take(step)`` gives each step's input (None at the end of the source),
+        timing what it does on this thread with ``timer``, which times the rest of the step."""
         p = self.plan
         # the hot path reads locals only: every attribute lookup here is paid once per step
         clock, wall = self._clock, self._wall
-        timer = StageTimer(clock)
         lap = timer.lap
-        read, prep, run_step = self.source.read, self.prep, self.runner.step
-        prep_sync, exec_sync = self._prep_sync, self.runner.synchronize
+        run_step, exec_sync = self.runner.step, self.runner.synchronize
         append, stopped = self.buffer.append, self._stop.is_set
-        batch_size, max_steps, warmup_steps = p.batch_size, p.max_steps, p.warmup_steps
+        max_steps, warmup_steps = p.max_steps, p.warmup_steps
         make_labels, labels_gen = self._labels()
         shipper = self._shipper  # a split pair's head: after exec, the activation goes to the tail
         wait_room, ship = (shipper.wait_room, shipper.ship) if shipper is not None else (None, None)
@@ -354,20 +397,16 @@ class StreamWorker:
             t_wall = wall()
             timer.start()
             with mark("step", step):
-                with mark("read", step):
-                    batch = read(batch_size)
-                lap("read")
-                if batch is None or batch.n == 0:
+                staged = take(step)
+                if staged is None:
                     return "end_of_stream"
+                batch = staged.batch
                 n = batch.n
-                with mark("prep", step):
-                    x = prep(batch.frames)
-                    lap("prep", prep_sync)
                 labels = make_labels(n, labels_gen) if make_labels is not None else None
                 with mark("exec", step):
-                    loss = run_step(x, labels, step=step)
+                    loss = run_step(staged.x, labels, step=step)
                     exec_ms = lap("exec", exec_sync)
-                transfer_ms = wait_ms = None
+                transfer_ms, wait_ms = None, staged.wait_ms
                 if ship is not None:
                     with mark("wait", step):
                         wait_room()
@@ -380,8 +419,7 @@ class StreamWorker:
                     exec_ms -= transfer_ms
             # frames arrive in capture order: the first is the oldest in the batch
             age_ms = wall() / 1e6 - float(batch.capture_ts[0]) * 1e3
-            ms = timer.ms
-            append(StepRecord(step, step < warmup_steps, t_wall, ms["read"], ms["prep"], exec_ms, transfer_ms,
+            append(StepRecord(step, step < warmup_steps, t_wall, staged.read_ms, staged.prep_ms, exec_ms, transfer_ms,
                               timer.total_ms(), n, batch.dropped, age_ms, loss, wait_ms))
             step += 1
             last_flush = self._stepped(step, n, last_flush)
