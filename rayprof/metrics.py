@@ -221,7 +221,8 @@ def _stats(values: np.ndarray) -> list[float]:
 # --------------------------------------------------------------------------- split pairs
 
 #: batch columns (see :func:`batches`) → the stage names the final table shows
-BATCH_STAGES = {"read": "read", "prep": "prep", "exec": "exec", "head": "exec (head)", "head_wait": "wait (head)",
+BATCH_STAGES = {"read": "read", "prep": "prep", "wait": "wait", "exec": "exec", "head": "exec (head)",
+                "head_wait": "wait (head)",
                 "transfer": "transfer", "queue": "queue", "tail_wait": "wait (tail)", "tail": "exec (tail)",
                 "total": "total"}
 

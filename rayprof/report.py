@@ -32,11 +32,11 @@ from .summary import node_names
 
 #: the columns the report reads (what :func:`rayprof.metrics.batches` needs, and the node)
 COLUMNS = ["worker", "actor_id", "pair_id", "node_id", "node_ip", "role", "sweep_point", "step", "warmup",
-           "t_start", "read_ms", "prep_ms", "exec_ms", "transfer_ms", "wait_ms", "total_ms", "frames", "loss"]
+           "t_start", "read_ms", "prep_ms", "exec_ms", "transfer_ms", "wait_ms", "total_ms", "frames", "loss", "pipeline"]
 #: the stages a batch's latency is made of, in the order they happen (the tail idling is not one)
 COMPONENTS = [s for s in BATCH_STAGES if s not in ("tail_wait", "total")]
 STAGE_COLUMNS = [f"{s}_ms" for s in BATCH_STAGES]
-STAGE_COLORS = {"read": "#4e79a7", "prep": "#f28e2b", "exec": "#59a14f", "head": "#8cd17d",
+STAGE_COLORS = {"read": "#4e79a7", "prep": "#f28e2b", "wait": "#9c755f", "exec": "#59a14f", "head": "#8cd17d",
                 "head_wait": "#bab0ac", "transfer": "#e15759", "queue": "#b07aa1", "tail": "#76b7b2"}
 TIMELINE_POINTS = 20_000  # drawn per timeline; more steps are thinned to each bin's fastest and slowest
 CDF_POINTS = 400  # fractions drawn per CDF; fewer steps are drawn exactly
@@ -120,6 +120,7 @@ def batch_rows(rows: pd.DataFrame, worker_order: Sequence[str] = ()) -> pd.DataF
     node_codes, nodes = _groups(b, ["node_ip", "node_id"])
     return b[["warmup", "t_start", "frames", *STAGE_COLUMNS]].assign(
         split=(b["role"] != "full").to_numpy(),
+        overlap=(b["pipeline"] == "overlap").to_numpy(),
         series=_groups(b, ["actor_id", "sweep_point"])[0],
         worker=_categorical(codes, keys["worker"], order["worker"].unique()),
         sweep_point=_categorical(codes, keys["sweep_point"]),
@@ -171,7 +172,10 @@ def summary(b: pd.DataFrame, statuses: dict[str, str]) -> pd.DataFrame:
 
 def stage_breakdown(b: pd.DataFrame) -> pd.DataFrame:
     """Mean ms per unit (rows, in order) of each stage a batch's latency is made of (columns:
-    ``COMPONENTS`` present in the run), plus ``total`` (the mean total/e2e latency)."""
+    ``COMPONENTS`` present in the run), plus ``total`` (the mean total/e2e latency). With
+    ``pipeline: overlap`` a batch's latency is wait + exec: its read and prep ran ahead, beside
+    the previous batch, so they are left out."""
+    b = b.assign(read_ms=b["read_ms"].mask(b["overlap"]), prep_ms=b["prep_ms"].mask(b["overlap"]))
     means = b.groupby("unit", observed=True)[[f"{s}_ms" for s in [*COMPONENTS, "total"]]].mean()
     means.columns = [c.removesuffix("_ms") for c in means.columns]
     return means.dropna(axis=1, how="all").rename_axis(index=None)
@@ -601,7 +605,8 @@ def _png(fig) -> bytes:
 PLOTS = {
     "stages": ("Where the time goes", "Each bar is a worker's mean batch, cut into its stages in the order they "
                "happen; the black tick is the mean total (e2e for a split). A gap between the segments and the "
-               "tick is time between stages."),
+               "tick is time between stages. A worker with pipeline: overlap shows wait + exec: its read and prep "
+               "ran ahead on the prefetch thread, beside the previous batch."),
     "timeline": ("Latency over time", "Every batch's latency against the time it started, one panel per worker, "
                  "one line per actor coloured by its node. Warm-up steps are black crosses (triangles on the top "
                  "edge where they are off the scale); hiccups show as spikes, drift as a slope. Over 20,000 "
