@@ -107,7 +107,7 @@ def cases(root: str, run_id: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=10_000_000)
-    ap.add_argument("--rounds", type=int, default=5, help="rounds of every case, interleaved; the median is shown")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of every case, interleaved; the median is shown")
     ap.add_argument("--keep", default=None, help="generate the dataset here once and reuse it on later runs")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
