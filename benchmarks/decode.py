@@ -9,20 +9,18 @@ file, each in a fresh process confined to the same N cores, in interleaved round
 3. OpenCV alone: ``VideoCapture.grab()/retrieve()`` (its FFmpeg backend decodes, then converts
    YUV to BGR with swscale), the frames dropped;
 4. OpenCV, each BGR frame converted to RGB into one batch array reused for every batch;
-5. rayprof: ``FileSource.read(batch)`` exactly as the worker calls it (case 4, with a new batch
-   array per read, capture times and decode-error accounting).
+5. rayprof: ``FileSource.read(batch)`` exactly as the worker calls it (case 4, plus capture times
+   and decode-error accounting; its batch arrays are reused once nothing refers to them).
 
 Only the decode loop is timed, not opening the file (ffmpeg's ``-benchmark`` rtime starts after
 its input is open, too); CPU time counts every thread of the reader's process.
 
 Thread count: OpenCV's FFmpeg backend starts as many decoder threads as the process may use cores
-(``cv2.CAP_PROP_N_THREADS`` reports it; ``cv2.setNumThreads`` does not change it), counted once
-per process, when a capture or ``cv2.getNumberOfCPUs`` first asks. A Ray actor pins its cores
-before it opens the source, so its decoder gets as many threads as it has cores (``rayprof run``
-does not: its pre-flight check opens the file before the worker pins, and the decoder keeps the
-unpinned count). Here each reader runs in a process started on N cores, and ffmpeg gets
-``-threads N`` (and ``-filter_threads N``) on the same cores. The table shows the count each
-reader used.
+(``cv2.CAP_PROP_N_THREADS`` reports it; ``cv2.setNumThreads`` does not change it); some builds
+count them once per process, before a worker pins its cores, so ``FileSource`` asks for one per
+core the process may use when it opens the file. Here each reader runs in a process started on
+N cores, and ffmpeg gets ``-threads N`` (and ``-filter_threads N``) on the same cores. The table
+shows the count each reader used.
 
     python benchmarks/decode.py [--frames 300] [--sizes 1280x720,1920x1080] [--threads 1,all] [--rounds 3]
 
@@ -198,7 +196,7 @@ def gap_note(label: str, m: dict[str, dict]) -> str:
     return (f"{label}: rayprof {cpu['rayprof']:.2f} CPU ms/frame against ffmpeg's {cpu['ffmpeg']:.2f} "
             f"({cpu['ffmpeg'] / cpu['rayprof']:.2f}): OpenCV's decode + YUV→BGR {cpu['opencv'] - cpu['ffmpeg']:+.2f} "
             f"(ffmpeg's decode + RGB {cpu['ffmpeg_rgb'] - cpu['ffmpeg']:+.2f}), BGR→RGB into the batch "
-            f"{cpu['opencv_rgb'] - cpu['opencv']:+.2f}, a new batch array per read and the bookkeeping "
+            f"{cpu['opencv_rgb'] - cpu['opencv']:+.2f}, the bookkeeping "
             f"{cpu['rayprof'] - cpu['opencv_rgb']:+.2f}.")
 
 
@@ -236,13 +234,14 @@ def report(args, results: dict, loads: list[float]) -> str:
               "last column). Below it, rayprof's read stage pays for (1) OpenCV's conversion of YUV to BGR (swscale, "
               "inside `retrieve()`, on the reading thread: with more than one core it does not overlap the decoder's "
               "threads as it does inside ffmpeg), (2) a second pass, BGR to RGB, made straight into the batch (so it "
-              "is also the copy every batch needs) and (3) a new batch array per read, whose pages the kernel zeroes "
-              "on first touch (8 × 6 MB for a 1080p batch). OpenCV cannot hand over the decoded YUV planes instead "
-              "(`CAP_PROP_CONVERT_RGB=0` returns the Y plane alone for yuv420p), and an ffmpeg subprocess writing "
-              "rgb24 into a pipe read straight into the batch was slower still in a trial (every frame crosses "
-              "the pipe). What would close the rest: frames delivered as BGR with prep swapping the channels in "
-              "its first tensor operation (saves 2), batch arrays reused once the consumer is done with them "
-              "(saves 3), and the conversion on a thread of its own, overlapping the next decode (1). CPU time "
+              "is also the copy every batch needs: retrieving into the batch and swapping in place was slower "
+              "in a trial). rayprof reuses its batch arrays once nothing refers to them (a new array's pages are "
+              "zeroed by the kernel on first touch: 8 × 6 MB for a 1080p batch). OpenCV cannot hand over the "
+              "decoded YUV planes instead (`CAP_PROP_CONVERT_RGB=0` returns the Y plane alone for yuv420p), and an "
+              "ffmpeg subprocess writing rgb24 into a pipe read straight into the batch was slower still in a trial "
+              "(every frame crosses the pipe). What would close the rest: frames delivered as BGR with prep "
+              "swapping the channels in its first tensor operation (saves 2), and the conversion on a thread of "
+              "its own, overlapping the next decode (1). CPU time "
               "differences are the steadier measure here: the machine is shared, and wall-clock rates move by "
               "±30 % between rounds.", ""]
     return "\n".join(lines)

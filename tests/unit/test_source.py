@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from rayprof.errors import UserError
 from rayprof.source import (
+    BatchArrays,
     FileSource,
     SourceOpenError,
     SourceSettings,
@@ -160,6 +162,33 @@ def test_file_decode_errors_are_counted_and_skipped():
     assert b.frames[:, 0, 0, 2].tolist() == [1, 2, 3, 4]
     assert src.stats()["decode_errors"] == 3
     assert cap.released
+
+
+def test_file_batch_arrays_are_reused_only_once_nothing_refers_to_them():
+    torch = pytest.importorskip("torch")
+    src = FileSource(SourceSettings("fake.mp4"), open_capture=lambda: FakeCapture([bgr(v) for v in range(1, 13)]))
+    first = src.read(2)
+    first_array = weakref.ref(first.frames.base)  # no reference: only the source's pool keeps it
+    held = torch.from_numpy(src.read(2).frames[1:])  # a tensor of a view of the second batch
+    third = src.read(2)
+    assert third.frames.base is not first_array()  # the first batch is still alive: not reused
+    del first
+    fourth = src.read(2)
+    assert fourth.frames.base is first_array()  # released: its array is written again
+    rest = [src.read(2) for _ in range(2)]
+    assert held[0, 0, 0, 2] == 4 and third.frames[:, 0, 0, 2].tolist() == [5, 6]  # never overwritten
+    assert [v for b in (fourth, *rest) for v in b.frames[:, 0, 0, 2].tolist()] == list(range(7, 13))
+
+
+def test_batch_arrays_keep_a_bounded_set_and_make_room_for_a_new_shape():
+    arrays = BatchArrays(keep=2)
+    a, b, c = arrays.take((2, 3)), arrays.take((2, 3)), arrays.take((2, 3))  # all alive: three arrays
+    assert len({id(a), id(b), id(c)}) == 3
+    kept = weakref.ref(a)
+    del a, b, c
+    assert arrays.take((2, 3)) is kept()  # the first two were kept, the third was not
+    wide = arrays.take((4, 3))
+    assert wide.shape == (4, 3) and kept() is None  # a free array of the old shape gave up its place
 
 
 def test_file_that_cannot_be_opened_raises():
