@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -24,9 +24,19 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra tests/unit
 
-bench: $(STAMP)
+# Each benchmark prints its table and rewrites its section of benchmarks/RESULTS.md. scaling.py's
+# multi-node rows need cluster/local_cluster.sh to start here; where it cannot, the page says why.
+bench: $(STAMP)  # the CPU set, a few minutes on a CPU-only machine
 	$(PY) benchmarks/instrumentation_overhead.py
 	$(PY) benchmarks/sink_throughput.py
+	$(PY) benchmarks/query_summary.py
+	$(PY) benchmarks/decode.py
+	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/startup.py
+	$(PY) benchmarks/scaling.py
+
+bench-gpu: $(STAMP)  # on a machine with a CUDA GPU (without one it says so and exits 0)
+	$(PY) benchmarks/gpu_set.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -230,7 +230,7 @@ class Manifest:
             "run_name": spec.run,
             "status": "running",
             "exit_code": None,
-            "started_at": _iso(self.t0),
+            "started_at": iso(self.t0),
             "ended_at": None,
             "duration_s": None,
             "launcher": mode,
@@ -259,7 +259,7 @@ class Manifest:
         t1 = time.time()
         if status != "stopped":  # after Ctrl-C, leave at once: `rayprof index` builds it later
             extra["index"] = _index_run(self.root, self.run_id)
-        self.data.update(status=status, exit_code=exit_code, ended_at=_iso(t1), duration_s=round(t1 - self.t0, 3), **extra)
+        self.data.update(status=status, exit_code=exit_code, ended_at=iso(t1), duration_s=round(t1 - self.t0, 3), **extra)
         self.write()
 
 
@@ -276,7 +276,8 @@ def _index_run(root: str, run_id: str) -> dict:
     return {"built_s": round(time.perf_counter() - t0, 3)}
 
 
-def _iso(t: float) -> str:
+def iso(t: float) -> str:
+    """A wall-clock time (``time.time()``) as the manifest writes it: ISO 8601, UTC, milliseconds."""
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -352,16 +353,15 @@ class ProgressView:
             self._live = None
 
 
-def first_step_after(root: str | os.PathLike, run_id: str, since: float) -> float | None:
-    """Seconds from ``since`` (wall clock) to the start of the run's first step, from the rows."""
-    import pyarrow.compute as pc
-
+def first_steps(root: str | os.PathLike, run_id: str, since: float) -> dict[str, float]:
+    """Per actor, seconds from ``since`` (wall clock) to the start of its first step, from the
+    rows; actors without rows are left out."""
     try:
-        t = read_table(root, run_id, columns=["t_start"]).column("t_start")
+        table = read_table(root, run_id, columns=["actor_id", "t_start"])
     except (OSError, ValueError):
-        return None
-    first = pc.min(t).as_py() if len(t) else None
-    return None if first is None else max(0.0, first.timestamp() - since)
+        return {}
+    firsts = table.group_by("actor_id").aggregate([("t_start", "min")]).to_pylist()
+    return {r["actor_id"]: max(0.0, r["t_start_min"].timestamp() - since) for r in firsts}
 
 
 def worker_statuses(results: dict[str, dict], plans: list[WorkerPlan]) -> dict[str, str]:

@@ -4,13 +4,24 @@ connect (``--address`` / spec ``address`` / ``RAY_ADDRESS`` / an embedded local 
 inventory and placement (``rayprof.placement``) → the sink (an actor on the driver's node, or
 direct writes) → one ``StreamWorker`` actor per plan, pinned to its node → live progress →
 results, failures, profiler traces and the manifest → an exit code.
+
+Start-up is what a user waits for before the first step. The engine's modules (torch,
+torchvision: seconds to import) are imported by the functions that use them, not with this
+module: for an embedded Ray the local checks import them first, on a thread, while Ray starts
+its processes (:func:`_connect_checking`). ``manifest.timings`` records the start-up in seconds
+since :func:`submit` was called: Ray ready, actors created, first step (the earliest ``t_start``;
+each actor's own is its ``first_step_s``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
+from logging.handlers import BufferingHandler
 
 import ray
 from ray.exceptions import RayActorError, RayError
@@ -20,7 +31,6 @@ from ..plan import WorkerPlan, make_run_id, plan_fleet
 from ..sink import dataset_stats, resolve_root, run_dir
 from ..source import mask_text, mask_url
 from ..spec import FleetSpec
-from . import _nsight, _pair
 from ._connect import connect
 from ._nodes import inventory, node_labels, pinned
 from ._sink import RunSink, nodes_to_probe, resolve_mode
@@ -40,6 +50,8 @@ def ray_context() -> dict:
 
 def _actor_options(plan: WorkerPlan, run_id: str) -> dict:
     """Exactly what placement decided: the node (hard affinity), CPUs, GPUs, custom resources."""
+    from . import _nsight
+
     opts = dict(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, resources=dict(plan.resources),
                 max_concurrency=3, name=f"rayprof:{run_id}:{plan.actor_id}", max_restarts=0)
     if plan.node_id:
@@ -65,6 +77,8 @@ def _error_text(e: BaseException) -> str:
 def _plan(spec: FleetSpec, run_id: str, embedded: bool, checked: bool) -> tuple[list[WorkerPlan], dict, dict]:
     """Inventory the connected cluster and place the fleet on it; raises UserError for what
     could never run. ``checked``: the local pre-flight already ran."""
+    from . import _nsight
+
     nodes, facts = inventory(embedded=embedded)
     here = next((n for n in nodes if n.is_driver), None)
     if not checked:  # files, devices and sources are checked here when every node is this host
@@ -91,18 +105,14 @@ def submit(spec: FleetSpec, address: str | None = None, resume: str | None = Non
     """Run the fleet; returns the exit code (0 ok, 1 an actor failed or the run stopped).
     ``resume``: a run id (or ``latest``) of the same spec: its completed sweep points are kept,
     the rest run again."""
+    t_submit = time.time()  # wall clock: compared with the rows' t_start (submit → first step)
     address = address or spec.address
     embedded = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
     run_id = driver.resume_id(spec.output, resume, spec) if resume else make_run_id(spec.run)
     spec = driver.resolve_splits(spec)  # split: all → the model's points
-    if embedded:  # bad input fails before a local Ray is started
-        driver.preflight(spec, local=True)
-        if not any(w.node for w in spec.workers):  # Ray names this machine's node by its own IP
-            driver.local_plans(spec, run_id)  # placement: custom resources, GPUs, cores
-
     root = resolve_root(spec.output)
-    t_submit = time.time()  # wall clock: compared with the rows' t_start
-    started = connect(address, spec)
+    started = _connect_checking(address, spec, run_id, embedded)
+    timings = {"submitted_at": driver.iso(t_submit), "ray_ready_s": _since(t_submit)}
     try:
         plans, labels, facts = _plan(spec, run_id, embedded=started, checked=embedded)
         sink = RunSink(resolve_mode(spec), root, run_id,  # direct: every actor's node must see the output
@@ -115,14 +125,62 @@ def submit(spec: FleetSpec, address: str | None = None, resume: str | None = Non
         manifest.data["nodes"] = facts
         for p in plans:
             manifest.actor(p.actor_id, node_id=p.node_id, node=labels.get(p.node_id))
-        return _run(plans, run_id, root, manifest, t_submit, labels, sink, done or {})
+        return _run(plans, run_id, root, manifest, t_submit, timings, labels, sink, done or {})
     finally:
         if started:
             ray.shutdown()
 
 
+def _local_checks(spec: FleetSpec, run_id: str) -> None:
+    """What a fleet on this machine can fail on before it starts: files, models, devices,
+    cores, and the placement itself (custom resources, GPUs, cores)."""
+    driver.preflight(spec, local=True)
+    if not any(w.node for w in spec.workers):  # Ray names this machine's node by its own IP
+        driver.local_plans(spec, run_id)
+
+
+def _connect_checking(address: str | None, spec: FleetSpec, run_id: str, embedded: bool) -> bool:
+    """:func:`connect`; for an embedded Ray the local checks run meanwhile, on a thread: most of
+    their time is importing torch and torchvision, which overlaps the seconds Ray takes to start
+    its processes. A failed check is raised as if it had run first: alone (Ray's start-up log is
+    dropped), and with the new Ray shut down."""
+    if not embedded:
+        return connect(address, spec)
+    with _ray_logs_held() as ray_logs, ThreadPoolExecutor(1, thread_name_prefix="rayprof-checks") as pool:
+        checks = pool.submit(_local_checks, spec, run_id)
+        try:
+            started = connect(address, spec)
+        finally:
+            if checks.exception() is not None:  # waits for the checks
+                ray.shutdown()
+                ray_logs.buffer.clear()
+                checks.result()  # raises the check's error, before any of connect's
+    return started
+
+
+@contextmanager
+def _ray_logs_held():
+    """Hold back the ``ray`` logger's records (Ray's start-up warnings) in the block, then show
+    them; the caller may empty the yielded handler's ``buffer`` to drop them."""
+    ray_logger = logging.getLogger("ray")
+    held = BufferingHandler(capacity=10_000)
+    handlers, ray_logger.handlers = ray_logger.handlers, [held]
+    try:
+        yield held
+    finally:
+        ray_logger.handlers = handlers
+        for record in held.buffer:
+            ray_logger.handle(record)
+
+
+def _since(t0: float) -> float:
+    return round(time.time() - t0, 3)
+
+
 def _start(plans: list[WorkerPlan], run_id: str, sink: RunSink) -> dict:
     """One actor per plan; a split pair's tail first, so its head can be given the way to it."""
+    from . import _nsight, _pair
+
     Worker, Tail = ray.remote(_nsight.GracefulWorker), ray.remote(_pair.GracefulTail)
     actors = {}
     for p in sorted(plans, key=lambda p: p.role != "tail"):
@@ -138,7 +196,10 @@ def _start(plans: list[WorkerPlan], run_id: str, sink: RunSink) -> dict:
     return actors
 
 
-def _run(plans, run_id, root, manifest, t_submit, labels: dict[str, str], sink: RunSink, done: dict[str, dict]) -> int:
+def _run(plans, run_id, root, manifest, t_submit: float, timings: dict, labels: dict[str, str], sink: RunSink,
+         done: dict[str, dict]) -> int:
+    from . import _nsight
+
     con = summary.console()
     res = ray.cluster_resources()
     phases = sorted({p.phase for p in plans})
@@ -169,6 +230,7 @@ def _run(plans, run_id, root, manifest, t_submit, labels: dict[str, str], sink: 
                     finish_actor(p.actor_id, {"status": "stopped", "ended_by": "stop", "error": "not started: the run was stopped"})
                 continue
             actors = _start(batch, run_id, sink)
+            timings.setdefault("actors_created_s", _since(t_submit))
             _watch(batch, actors, results, finish_actor, view, stopping)
             _nsight.collect_reports(batch, actors, results, root, run_id, manifest)  # profile.nsys: every .nsys-rep
             for a in actors.values():  # free the phase's resources for the next one
@@ -180,10 +242,13 @@ def _run(plans, run_id, root, manifest, t_submit, labels: dict[str, str], sink: 
     status, code = driver.run_status(results.values())
     if stopping.requested and status == "completed":
         status, code = "stopped", driver.EXIT_FAILED
-    first_step_s = None if done else driver.first_step_after(root, run_id, t_submit)
-    manifest.finish(status, code, dataset_stats=sink_stats,
-                    timings={"submit_to_first_step_s": round(first_step_s, 3) if first_step_s else None})
-    first = f"{first_step_s:.1f} s" if first_step_s else "never"
+    firsts = {} if done else driver.first_steps(root, run_id, t_submit)  # resumed: some rows predate this submit
+    for aid, first_s in firsts.items():
+        manifest.actor(aid, first_step_s=round(first_s, 3))
+    first_step_s = min(firsts.values(), default=None)
+    timings["submit_to_first_step_s"] = None if first_step_s is None else round(first_step_s, 3)
+    manifest.finish(status, code, dataset_stats=sink_stats, timings=timings)
+    first = "never" if first_step_s is None else f"{first_step_s:.1f} s"
     summary.print_summary(root, run_id, driver.worker_statuses(results, plans),
                          header=f"run {run_id}: {status} in {manifest.data['duration_s']:.1f} s "
                                 f"({len(plans)} actors; first step {first} after submit)", manifest=manifest)

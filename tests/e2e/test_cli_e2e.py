@@ -95,6 +95,8 @@ def test_submit_the_main_job(tmp_path):
     run_dir = out / f"run={run_id}"
     man = json.loads((run_dir / "_manifest.json").read_text())
     assert man["status"] == "completed" and len(man["actors"]) == 5
+    t = man["timings"]  # start-up, in seconds since submit
+    assert 0 < t["ray_ready_s"] <= t["actors_created_s"] <= t["submit_to_first_step_s"]
     assert "built_s" in man["index"] and (run_dir / "_index" / "batches.arrow").exists()  # the summary index
     # the same rows through pandas, pyarrow and DuckDB: exactly one per executed step
     df = pd.read_parquet(run_dir)
@@ -114,6 +116,7 @@ def test_submit_the_main_job(tmp_path):
         (["run", "--model-name", "resnet5000"], "--model-name = 'resnet5000'"),
         (["run", "--model-name", "resnet18", "--split-point", "layer9"], "--split-point = 'layer9': is not a split point"),
         (["validate", "{spec}"], "did you mean 'batch_size'"),
+        (["submit", "{model}"], "workers[0].model.name = 'resnet5000'"),  # checked while an embedded Ray starts
     ],
 )
 def test_bad_input_is_one_line_on_stderr(args, needle, tmp_path):
@@ -121,8 +124,10 @@ def test_bad_input_is_one_line_on_stderr(args, needle, tmp_path):
     text.write_text("not a video")
     spec = tmp_path / "job.yaml"
     spec.write_text("workers:\n  - {name: a, model: resnet18, source: synthetic, batchsize: 4}\n")
-    args = [a.replace("{text}", str(text)).replace("{spec}", str(spec)) for a in args]
-    res = rayprof(*args, "--output", str(tmp_path / "o")) if args[0] == "run" else rayprof(*args)
+    model = tmp_path / "model.yaml"
+    model.write_text("workers:\n  - {name: a, model: resnet5000, source: synthetic}\n")
+    args = [a.replace("{text}", str(text)).replace("{spec}", str(spec)).replace("{model}", str(model)) for a in args]
+    res = rayprof(*args, "--output", str(tmp_path / "o")) if args[0] in ("run", "submit") else rayprof(*args)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr

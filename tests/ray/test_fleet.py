@@ -58,6 +58,14 @@ def test_fleet_writes_one_row_per_step_per_actor(local_ray, small_video, tmp_pat
         assert df[col].notna().all(), col
     assert (df.frames == 4).all()
     assert man["nodes"] and all("cpu_model" in n for n in man["nodes"].values())
+    # start-up, in seconds since submit; an actor's first step is its earliest row's t_start
+    t = man["timings"]
+    submitted = pd.Timestamp(t["submitted_at"]).timestamp()
+    for aid, actor in man["actors"].items():
+        assert actor["first_step_s"] == pytest.approx(df[df.actor_id == aid].t_start.min().timestamp() - submitted,
+                                                      abs=2e-3)
+    assert 0 <= t["ray_ready_s"] <= t["actors_created_s"] <= t["submit_to_first_step_s"]
+    assert t["submit_to_first_step_s"] == min(a["first_step_s"] for a in man["actors"].values())
 
 
 def test_a_failed_actor_is_named_and_the_others_finish(local_ray, small_video, tmp_path, capsys):
