@@ -3,9 +3,9 @@
 ``mark("prep", step)`` opens one range around a stage. Under Nsight Systems it is an NVTX
 push/pop range in the ``rayprof`` domain whose payload is the step index; under
 ``torch.profiler`` it is a ``record_function`` range named ``rayprof/prep``. With neither tool
-attached it costs well under a microsecond (``benchmarks/instrumentation_overhead.py`` measures it): the
-NVTX call has no tool to forward to, and ``record_function`` is only entered while a torch
-profiler is actually recording.
+attached it costs a few hundred nanoseconds (``benchmarks/instrumentation_overhead.py`` measures
+it): NVTX has no tool to forward to, so it is not called, and ``record_function`` is only
+entered while a torch profiler is actually recording.
 """
 
 from __future__ import annotations
@@ -18,21 +18,13 @@ try:  # the nvtx package works without CUDA: NVTX v3 is header-only and a no-op 
     _domain = _nvtx.get_domain(DOMAIN)
 
     # nvtx hands out a DummyDomain when no tool (nsys) injected itself at process start
-    if type(_domain).__name__ != "DummyDomain":
+    NVTX_ATTACHED = type(_domain).__name__ != "DummyDomain"
 
-        def _push(name: str, step: int) -> None:
-            _domain.push_range(message=name, payload=step)
+    def _push(name: str, step: int) -> None:
+        _domain.push_range(message=name, payload=step)
 
-        def _pop() -> None:
-            _domain.pop_range()
-
-    else:  # no tool: NVTX would drop the range anyway; skip the call entirely
-
-        def _push(name: str, step: int) -> None:
-            return None
-
-        def _pop() -> None:
-            return None
+    def _pop() -> None:
+        _domain.pop_range()
 
     NVTX_BACKEND = "nvtx"
 except Exception:  # pragma: no cover - nvtx missing: fall back to torch's binding (no domain)
@@ -46,16 +38,20 @@ except Exception:  # pragma: no cover - nvtx missing: fall back to torch's bindi
         def _pop() -> None:
             _tnvtx.range_pop()
 
+        NVTX_ATTACHED = True  # torch's binding cannot tell whether a tool listens: always push
         NVTX_BACKEND = "torch.cuda.nvtx"
     except Exception:
-
-        def _push(name: str, step: int) -> None:
-            return None
-
-        def _pop() -> None:
-            return None
-
+        NVTX_ATTACHED = False
         NVTX_BACKEND = "none"
+
+if not NVTX_ATTACHED:  # NVTX would drop the range anyway: a range only feeds the torch profiler
+
+    def _push(name: str, step: int) -> None:
+        return None
+
+    def _pop() -> None:
+        return None
+
 
 import torch
 from torch.autograd import profiler as _autograd_profiler
@@ -70,17 +66,25 @@ def torch_profiler_active() -> bool:
     return bool(_profiler_enabled())
 
 
-class mark:
-    """One NVTX range (domain ``rayprof``, payload ``step``) and, while a torch profiler
-    records, a ``record_function("rayprof/<name>")`` range. Use as ``with mark("prep", step):``.
+def mark(name: str, step: int = 0) -> _Range | _Unobserved:
+    """One range around a stage: ``with mark("prep", step):``. An NVTX range (domain
+    ``rayprof``, payload ``step``) and, while a torch profiler records, a
+    ``record_function("rayprof/<name>")`` range.
 
-    A plain class rather than a generator context manager: with no tool attached it costs two
-    method calls and one check of the profiler's state.
+    With no NVTX tool attached and no profiler recording, it returns one shared object that does
+    nothing on entering and leaving: no range object is created, no NVTX call made.
     """
+    if NVTX_ATTACHED or _profiler_enabled():
+        return _Range(name, step)
+    return _UNOBSERVED
+
+
+class _Range:
+    """An open range: NVTX push/pop, and ``record_function`` while a torch profiler records."""
 
     __slots__ = ("name", "step", "_rf")
 
-    def __init__(self, name: str, step: int = 0):
+    def __init__(self, name: str, step: int):
         self.name = name
         self.step = step
         self._rf = None
@@ -96,3 +100,18 @@ class mark:
             self._rf.__exit__(*exc)
             self._rf = None
         _pop()
+
+
+class _Unobserved:
+    """The range of a process that nothing observes: entering and leaving it do nothing."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        return None
+
+
+_UNOBSERVED = _Unobserved()

@@ -1,9 +1,9 @@
 """The metrics schema (the one place that defines it), per-step rows, and summaries.
 
 One row per executed step. Identity and configuration columns are constant for an actor and
-kept once per buffer; the per-step values go into column lists, so recording a step is a
-handful of list appends. ``RowBuffer.to_batch()`` turns them into an Arrow ``RecordBatch``
-with :data:`FILE_SCHEMA`.
+kept once per buffer; a step's values are one tuple (a :class:`StepRecord`), so recording a step
+is one list append. ``RowBuffer.to_batch()`` turns the tuples into an Arrow ``RecordBatch``
+with :data:`FILE_SCHEMA`, column by column.
 
 The partition columns ``run`` and ``worker`` live in the dataset's directory names, not in the
 files; :func:`read_table` adds them back (``run`` as ``run_id``).
@@ -12,7 +12,7 @@ files; :func:`read_table` adds them back (``run`` as ``run_id``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -73,12 +73,11 @@ PARTITIONING_SCHEMA = pa.schema(PARTITION_FIELDS)
 STAGES = ("read", "prep", "exec", "transfer", "wait", "total")
 PERCENTILES = (50, 90, 95, 99, 99.9)
 
-_STEP_NAMES = [f.name for f in STEP_FIELDS]
 
-
-@dataclass(slots=True)
-class StepRecord:
-    """The per-step values of one row (identity comes from the buffer)."""
+class StepRecord(NamedTuple):
+    """The per-step values of one row, in :data:`STEP_FIELDS` order (identity comes from the
+    buffer). A plain tuple in this order is the same row: the engine appends those, since
+    building a named one costs more than the rest of recording a step."""
 
     step: int
     warmup: bool
@@ -96,7 +95,9 @@ class StepRecord:
 
 
 class RowBuffer:
-    """Accumulates one actor's rows; ``to_batch()`` drains them into a RecordBatch."""
+    """Accumulates one actor's rows; ``to_batch()`` drains them into a RecordBatch.
+
+    ``append(row)`` takes a :class:`StepRecord` or a plain tuple of its values in its order."""
 
     def __init__(self, identity: dict[str, object]):
         missing = {f.name for f in IDENTITY_FIELDS if not f.nullable} - identity.keys()
@@ -106,37 +107,20 @@ class RowBuffer:
         if unknown:
             raise ValueError(f"unknown identity columns {sorted(unknown)}")
         self.identity = dict(identity)
-        self._cols: list[list] = [[] for _ in _STEP_NAMES]
+        self._identity = [pa.scalar(identity.get(f.name), type=f.type) for f in IDENTITY_FIELDS]
+        self._rows: list[tuple] = []
+        self.append = self._rows.append  # the list's own append: the hot path calls it once a step
 
     def __len__(self) -> int:
-        return len(self._cols[0])
-
-    def append(self, r: StepRecord) -> None:
-        c = self._cols
-        c[0].append(r.step)
-        c[1].append(r.warmup)
-        c[2].append(r.t_start_ns)
-        c[3].append(r.read_ms)
-        c[4].append(r.prep_ms)
-        c[5].append(r.exec_ms)
-        c[6].append(r.transfer_ms)
-        c[7].append(r.total_ms)
-        c[8].append(r.frames)
-        c[9].append(r.dropped_frames)
-        c[10].append(r.frame_age_ms)
-        c[11].append(r.loss)
-        c[12].append(r.wait_ms)
+        return len(self._rows)
 
     def to_batch(self) -> pa.RecordBatch:
         """All buffered rows as one RecordBatch with FILE_SCHEMA; the buffer is emptied."""
-        n = len(self)
-        arrays = []
-        for f in IDENTITY_FIELDS:
-            value = self.identity.get(f.name)
-            arrays.append(pa.array([value] * n, type=f.type))
-        for f, col in zip(STEP_FIELDS, self._cols):
-            arrays.append(pa.array(col, type=f.type))
-        self._cols = [[] for _ in _STEP_NAMES]
+        n = len(self._rows)
+        columns = zip(*self._rows) if n else [()] * len(STEP_FIELDS)  # rows → columns
+        arrays = [pa.repeat(value, n) for value in self._identity]
+        arrays += [pa.array(col, type=f.type) for f, col in zip(STEP_FIELDS, columns, strict=True)]
+        self._rows.clear()  # in place: ``append`` stays bound to it
         return pa.RecordBatch.from_arrays(arrays, schema=FILE_SCHEMA)
 
 

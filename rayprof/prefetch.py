@@ -55,11 +55,12 @@ AHEAD = 1
 
 @dataclass(slots=True)
 class Staged:
-    """One step's input, ready for the model: the source's batch, the model input ``x``, how
-    long reading and preprocessing took, the worker's wait for it (overlap; else None) and what
-    marks it ready (a CUDA event, or a :class:`HostStaging`)."""
+    """One step's input, ready for the model: the source's batch and its frame count, the model
+    input ``x``, how long reading and preprocessing took, the worker's wait for it (overlap;
+    else None) and what marks it ready (a CUDA event, or a :class:`HostStaging`)."""
 
     batch: Any  # rayprof.source.FrameBatch
+    n: int  # batch.n, read once
     x: Any  # torch.Tensor
     read_ms: float
     prep_ms: float
@@ -132,12 +133,13 @@ def stager(read: Callable, staging: HostStaging | CudaStaging, batch_size: int,
         with mark("read", step):
             batch = read(batch_size)
         read_ms = lap("read")
-        if batch is None or batch.n == 0:
+        n = batch.n if batch is not None else 0
+        if n == 0:
             return None
         with mark("prep", step):
             x, ready = staging(batch.frames)
             prep_ms = lap("prep", ready.synchronize)
-        return Staged(batch, x, read_ms, prep_ms, ready)
+        return Staged(batch, n, x, read_ms, prep_ms, ready)
 
     return stage
 

@@ -89,7 +89,7 @@ def _grid(spec: FleetSpec) -> list[Point]:
     out = []
     for combo in itertools.product(*(getattr(sweep, k) for k in keys)):
         values = dict(zip(keys, combo))
-        workers = [_at(w, values) if w.name in targets else w for w in spec.workers]
+        workers = [_at(w, values, i) if w.name in targets else w for i, w in enumerate(spec.workers)]
         label = ",".join(f"{k}={v}" for k, v in values.items())
         at = spec.model_copy(update={"workers": workers, "sweep": None})
         out.append(Point(label, _with_splits(at, [split_points_of(w)[0] for w in workers]), values.get("nodes"),
@@ -97,24 +97,60 @@ def _grid(spec: FleetSpec) -> list[Point]:
     return out
 
 
-def _at(w: WorkerSpec, values: dict) -> WorkerSpec:
-    """Worker ``w`` with the sweep's values of one point (validated as if written in the spec)."""
-    data = w.model_dump()
-    setters = {"batch_size": ("batch_size",), "replicas": ("replicas",), "model": ("model", "name"),
-               "device": ("device",), "prep_device": ("prep", "device"), "split": ("model", "split")}
-    for key, path in setters.items():
-        if key in values:
-            target = data
-            for part in path[:-1]:
-                target = target[part]
-            target[path[-1]] = None if key == "split" and str(values[key]).lower() == NO_SPLIT else values[key]
+#: sweep key → the path of the worker setting it sets
+_SETTERS = {"batch_size": ("batch_size",), "replicas": ("replicas",), "model": ("model", "name"),
+            "device": ("device",), "prep_device": ("prep", "device"), "split": ("model", "split")}
+
+
+def _at(w: WorkerSpec, values: dict, index: int) -> WorkerSpec:
+    """Worker ``w`` (``workers[index]``) with the sweep's values of one point, validated as if
+    written in the spec. A wrong swept value is named by its sweep key; a setting of the worker
+    that a swept value does not go with (``pipeline: overlap`` and a split point) by the worker's
+    field, with the swept value that clashes."""
     try:
-        return WorkerSpec.model_validate(data)
+        return WorkerSpec.model_validate(_with_values(w, values))
     except ValidationError as e:
         err = e.errors()[0]
-        key = next((k for k, path in setters.items() if tuple(err["loc"][:len(path)]) == path), "sweep")
-        raise UserError(f"sweep.{key}", values.get(key), err["msg"].removeprefix("Value error, "),
-                        "see the sweep reference in the README") from None
+    loc, problem = tuple(err["loc"]), err["msg"].removeprefix("Value error, ")
+    key = next((k for k, path in _SETTERS.items() if k in values and loc[:len(path)] == path), None)
+    if key is not None:
+        raise UserError(f"sweep.{key}", values[key], problem, "see the sweep reference in the README")
+    # the swept values the worker's setting does not go with, each on its own (else all together)
+    clash = {k: v for k, v in values.items() if not _valid(_with_values(w, {k: v}))} or values
+    problem, _, fix = problem.partition("; ")
+    raise UserError(f"workers[{index}].{'.'.join(map(str, loc))}", _value_at(w.model_dump(), loc),
+                    f"{problem}, at " + " and ".join(f"sweep.{k} = {v!r}" for k, v in clash.items()),
+                    (f"{fix}, or " if fix else "") + "leave " +
+                    " or ".join(f"{v!r} out of sweep.{k}" for k, v in clash.items()))
+
+
+def _with_values(w: WorkerSpec, values: dict) -> dict:
+    """``w``'s settings (a dict) with the sweep's ``values`` set."""
+    data = w.model_dump()
+    for key, value in values.items():
+        path = _SETTERS.get(key)
+        if path is None:  # nodes: the cluster's, not the worker's
+            continue
+        target = data
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = None if key == "split" and str(value).lower() == NO_SPLIT else value
+    return data
+
+
+def _valid(data: dict) -> bool:
+    try:
+        WorkerSpec.model_validate(data)
+    except ValidationError:
+        return False
+    return True
+
+
+def _value_at(data: dict, loc: tuple) -> object:
+    """The value at ``loc`` (a pydantic error location) in a worker's settings."""
+    for part in loc:
+        data = data[part]
+    return data
 
 
 def nodes_field_check(n: int | None, available: int) -> None:

@@ -42,7 +42,7 @@ import pyarrow as pa
 from . import affinity
 from .errors import UserError
 from .markers import mark
-from .metrics import RowBuffer, StepRecord
+from .metrics import RowBuffer
 from .plan import WorkerPlan
 from .prefetch import Prefetcher, Staged, stager, staging_for
 from .profiling import tracer_for
@@ -400,8 +400,7 @@ class StreamWorker:
                 staged = take(step)
                 if staged is None:
                     return "end_of_stream"
-                batch = staged.batch
-                n = batch.n
+                batch, n = staged.batch, staged.n
                 labels = make_labels(n, labels_gen) if make_labels is not None else None
                 with mark("exec", step):
                     loss = run_step(staged.x, labels, step=step)
@@ -418,9 +417,11 @@ class StreamWorker:
                     transfer_ms = self.runner.transfer_ms
                     exec_ms -= transfer_ms
             # frames arrive in capture order: the first is the oldest in the batch
-            age_ms = wall() / 1e6 - float(batch.capture_ts[0]) * 1e3
-            append(StepRecord(step, step < warmup_steps, t_wall, staged.read_ms, staged.prep_ms, exec_ms, transfer_ms,
-                              timer.total_ms(), n, batch.dropped, age_ms, loss, wait_ms))
+            age_ms = wall() / 1e6 - batch.capture_ts.item(0) * 1e3
+            # the row, as a plain tuple in StepRecord's field order: building a named StepRecord every
+            # step would cost several times what appending the row does
+            append((step, step < warmup_steps, t_wall, staged.read_ms, staged.prep_ms, exec_ms, transfer_ms,
+                    timer.total_ms(), n, batch.dropped, age_ms, loss, wait_ms))
             step += 1
             last_flush = self._stepped(step, n, last_flush)
 

@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from rayprof.metrics import FILE_SCHEMA, SCHEMA_VERSION, RowBuffer, StepRecord, summarize
+from rayprof.metrics import FILE_SCHEMA, SCHEMA_VERSION, STEP_FIELDS, RowBuffer, StepRecord, summarize
 from rayprof.errors import UserError
 from rayprof.sink import (DatasetWriter, answer_probe, dataset_files, dataset_stats, is_remote, read_manifest,
                           read_table, remove_probe, resolve_root, run_dir, write_manifest, write_probe)
@@ -50,6 +50,23 @@ def test_row_buffer_drains_and_validates_identity():
         RowBuffer({"replica": 0})
     with pytest.raises(ValueError, match="unknown"):
         RowBuffer({**IDENT, "colour": "red"})
+
+
+def test_a_row_is_a_step_record_or_a_plain_tuple_in_its_order():
+    """The engine appends plain tuples; they make the same rows as StepRecords, and the buffer
+    keeps taking rows after each drain."""
+    assert StepRecord._fields == ("step", "warmup", "t_start_ns", *(f.name for f in STEP_FIELDS[3:]))
+    named, plain = RowBuffer(IDENT), RowBuffer(IDENT)
+    for drain in range(2):
+        for s in range(3):
+            values = (s, s == 0, T0 + s, 1.0, None, 3.0, None, 4.0, 4, 1, 2.5, None, 0.5)
+            named.append(StepRecord(*values))
+            plain.append(values)
+        a, b = named.to_batch(), plain.to_batch()
+        assert a.equals(b) and a.num_rows == 3 and len(plain) == 0
+        assert b.column("dropped_frames").to_pylist() == [1] * 3 and b.column("prep_ms").null_count == 3
+    empty = RowBuffer(IDENT).to_batch()
+    assert empty.num_rows == 0 and empty.schema == FILE_SCHEMA
 
 
 def test_summary_known_answers():

@@ -79,6 +79,19 @@ def test_a_bad_swept_value_is_named_by_its_sweep_key():
     assert e.value.field == "sweep.split" and "layer3" in e.value.fix
 
 
+def test_a_worker_setting_a_swept_value_clashes_with_is_named_with_both():
+    """pipeline: overlap is not for a split pair: a sweep that splits such a worker names the
+    worker's field and value, the swept value that splits it, and the ways out."""
+    s = spec({"batch_size": [4, 8], "split": ["none", "resnet18:layer2"]},
+             {"name": "a", "model": "resnet18"}, {"name": "b", "model": "resnet18", "pipeline": "overlap"})
+    with pytest.raises(UserError) as e:
+        points(s)
+    assert (e.value.field, e.value.value) == ("workers[1].pipeline", "overlap")
+    assert "at sweep.split = 'resnet18:layer2'" in e.value.problem and "batch_size" not in e.value.problem
+    assert e.value.fix == ("set pair.in_process: true (both halves in one actor), or pipeline: serial, "
+                           "or leave 'resnet18:layer2' out of sweep.split")
+
+
 def test_scaling_efficiency_strong_weak_and_replicas():
     import pandas as pd
 

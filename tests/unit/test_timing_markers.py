@@ -77,3 +77,25 @@ def test_engine_and_retrain_ranges_in_a_profiler_trace():
     names = {e.key for e in prof.key_averages()}
     for stage in ("step", "read", "prep", "exec", "forward", "backward", "optimizer"):
         assert f"rayprof/{stage}" in names, stage
+
+
+def test_an_unobserved_mark_makes_nothing_and_an_observed_one_opens_a_range(monkeypatch):
+    """Nothing attached: every mark is one shared do-nothing object. A torch profiler recording or
+    an NVTX tool attached: each mark is its own range, pushed with its step and popped."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from rayprof import markers
+
+    monkeypatch.setattr(markers, "NVTX_ATTACHED", False)
+    assert mark("read", 1) is mark("exec", 2)
+    with profile(activities=[ProfilerActivity.CPU]):
+        assert mark("read", 1) is not mark("exec", 2)
+
+    calls = []
+    monkeypatch.setattr(markers, "NVTX_ATTACHED", True)
+    monkeypatch.setattr(markers, "_push", lambda name, step: calls.append(("push", name, step)))
+    monkeypatch.setattr(markers, "_pop", lambda: calls.append(("pop",)))
+    with mark("step", 7):
+        with mark("exec", 7):
+            pass
+    assert calls == [("push", "step", 7), ("push", "exec", 7), ("pop",), ("pop",)]
