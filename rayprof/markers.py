@@ -44,15 +44,6 @@ except Exception:  # pragma: no cover - nvtx missing: fall back to torch's bindi
         NVTX_ATTACHED = False
         NVTX_BACKEND = "none"
 
-if not NVTX_ATTACHED:  # NVTX would drop the range anyway: a range only feeds the torch profiler
-
-    def _push(name: str, step: int) -> None:
-        return None
-
-    def _pop() -> None:
-        return None
-
-
 import torch
 from torch.autograd import profiler as _autograd_profiler
 
@@ -90,7 +81,8 @@ class _Range:
         self._rf = None
 
     def __enter__(self) -> None:
-        _push(self.name, self.step)
+        if NVTX_ATTACHED:  # else NVTX would drop the range anyway: it only feeds the torch profiler
+            _push(self.name, self.step)
         if _profiler_enabled():
             self._rf = _autograd_profiler.record_function(f"{DOMAIN}/{self.name}")
             self._rf.__enter__()
@@ -99,7 +91,8 @@ class _Range:
         if self._rf is not None:
             self._rf.__exit__(*exc)
             self._rf = None
-        _pop()
+        if NVTX_ATTACHED:
+            _pop()
 
 
 class _Unobserved:
