@@ -300,10 +300,10 @@ class Dataset:
             rows = rows[~rows["warmup"]].reset_index(drop=True)
         from .summary import node_names
 
-        a = self.actors
-        node_of = dict(zip(zip(a["node_ip"], a["node_id"]), node_names(a)))
+        a, names = self.actors, node_names(self.actors)
+        node_of = dict(zip(zip(a["node_ip"], a["node_id"]), names))
         rows["node"] = [node_of[k] for k in zip(rows["node_ip"], rows["node_id"])]
-        actor_node = dict(zip(zip(a["run_id"], a["actor_id"]), node_names(a)))
+        actor_node = dict(zip(zip(a["run_id"], a["actor_id"]), names))
         rows["tail_node"] = [actor_node.get(k) for k in zip(rows["run_id"], rows["tail_actor_id"])]
         return rows
 
