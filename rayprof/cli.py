@@ -28,6 +28,10 @@ def _user_errors(fn: Callable) -> Callable:
         except UserError as e:
             click.echo(f"error: {e.message}", err=True)
             sys.exit(e.exit_code)
+        except KeyboardInterrupt:  # a second Ctrl-C: what was flushed stays, the manifest may say running
+            click.echo("error: aborted; the dataset keeps what was flushed (the manifest may still say running)",
+                       err=True)
+            sys.exit(1)
         sys.exit(code or 0)
 
     return wrapper

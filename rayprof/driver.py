@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 
 
@@ -253,22 +253,29 @@ class Manifest:
     def actor(self, actor_id: str, **fields) -> None:
         self.data["actors"][actor_id].update(fields)
 
-    def finish(self, status: str, exit_code: int, **extra) -> None:
+    def finish(self, status: str, exit_code: int, signals: StopSignals | None = None, **extra) -> None:
         """Record the end; a run that was not stopped also gets its summary index (``index`` in the
-        manifest: how long it took, or why it failed: the run's outcome stands either way)."""
-        t1 = time.time()
+        manifest: how long it took, or why it failed: the run's outcome stands either way).
+        ``signals``: a stop request up to here, or while the index is built, makes the run
+        ``stopped`` (the index is left to `rayprof index`)."""
         if status != "stopped":  # after Ctrl-C, leave at once: `rayprof index` builds it later
-            extra["index"] = _index_run(self.root, self.run_id)
+            extra["index"] = _index_run(self.root, self.run_id, signals)
+        if signals is not None and signals.requested and status == "completed":
+            status, exit_code = "stopped", EXIT_FAILED
+        t1 = time.time()
         self.data.update(status=status, exit_code=exit_code, ended_at=iso(t1), duration_s=round(t1 - self.t0, 3), **extra)
         self.write()
 
 
-def _index_run(root: str, run_id: str) -> dict:
+def _index_run(root: str, run_id: str, signals: StopSignals | None) -> dict:
     from . import index
 
     t0 = time.perf_counter()
     try:
-        index.build(root, run_id)
+        with signals.interruptible() if signals is not None else nullcontext():
+            index.build(root, run_id)
+    except KeyboardInterrupt:  # a stop request: leave at once
+        return {"skipped": "the run was stopped; `rayprof index` builds it"}
     except Exception as e:  # noqa: BLE001 - an index is a convenience; the dataset is complete without it
         print(f"could not index run {run_id} ({type(e).__name__}: {e}); `rayprof index` can build it later",
               file=sys.stderr, flush=True)
@@ -375,28 +382,65 @@ def worker_statuses(results: dict[str, dict], plans: list[WorkerPlan]) -> dict[s
     return out
 
 
-@contextmanager
-def stop_on_signals(stop: Callable[[], None]):
-    """SIGINT/SIGTERM → ``stop()`` (graceful: flush, manifest ``stopped``); a second SIGINT
-    raises KeyboardInterrupt as usual."""
-    hits = {"n": 0}
-    old = {}
+class StopSignals:
+    """SIGINT/SIGTERM over a whole run, from start-up to the last manifest write (a context
+    manager). The first signal asks for a graceful stop: every callback given to :meth:`on_stop`
+    runs (workers end after their step and flush; a run not started yet starts nothing), and the
+    manifest says ``stopped``. Inside :meth:`interruptible` (the end-of-run index) it also ends
+    the block at once. A second SIGINT aborts (KeyboardInterrupt)."""
 
-    def handler(signum, frame):
-        hits["n"] += 1
-        if hits["n"] > 1 and signum == signal.SIGINT:
+    def __init__(self):
+        self.requested = False
+        self.hits = 0
+        self._stops: list[Callable[[], None]] = []
+        self._interruptible = False
+        self._old: dict = {}
+
+    def on_stop(self, stop: Callable[[], None]) -> None:
+        """Call ``stop()`` on a stop request; at once if one came already."""
+        self._stops.append(stop)
+        if self.requested:
+            stop()
+
+    def _handler(self, signum, frame) -> None:
+        self.hits += 1
+        if self.hits > 1 and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        print(f"\n{signal.Signals(signum).name}: stopping every worker (again to abort)…", file=sys.stderr, flush=True)
-        stop()
+        if not self.requested:
+            print(f"\n{signal.Signals(signum).name}: stopping every worker (again to abort)…", file=sys.stderr, flush=True)
+            self.requested = True
+            for stop in self._stops:
+                stop()
+        if self._interruptible:
+            raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, handler)
-    try:
-        yield hits
-    finally:
-        for sig, h in old.items():
+    @contextmanager
+    def interruptible(self):
+        """A block that a stop request ends at once, raising KeyboardInterrupt (also on entry,
+        when the request came before)."""
+        if self.requested:
+            raise KeyboardInterrupt
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
+
+    def install(self) -> None:
+        """Handle the signals (again: ``ray.init`` sets a SIGTERM handler of its own)."""
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old = signal.signal(sig, self._handler)
+                self._old.setdefault(sig, old)
+
+    def __enter__(self) -> StopSignals:
+        self.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, h in self._old.items():
             signal.signal(sig, h)
+        self._old.clear()
 
 
 # --------------------------------------------------------------------------- rayprof run
@@ -404,6 +448,11 @@ def stop_on_signals(stop: Callable[[], None]):
 
 def run_single(spec: FleetSpec) -> int:
     """One worker in this process, no Ray: the original tool's ``worker.py``."""
+    with StopSignals() as signals:  # from the start: a signal at any moment stops the run cleanly
+        return _run_single(spec, signals)
+
+
+def _run_single(spec: FleetSpec, signals: StopSignals) -> int:
     from .worker import Emitter, StreamWorker
 
     preflight(spec, local=True)
@@ -429,8 +478,8 @@ def run_single(spec: FleetSpec) -> int:
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
-    with stop_on_signals(worker.stop):
-        result = worker.run().to_dict()
+    signals.on_stop(worker.stop)
+    result = worker.run().to_dict()
     done.set()
     poller.join()
     view.update([worker.progress()])
@@ -438,7 +487,8 @@ def run_single(spec: FleetSpec) -> int:
     manifest.data["nodes"][result["identity"].get("node_id") or "local"] = host_info()
     manifest.actor(plan.actor_id, **_actor_fields(result))
     status, code = run_status([result])
-    manifest.finish(status, code, dataset_stats=writer.stats())
+    manifest.finish(status, code, signals, dataset_stats=writer.stats())
+    status, code = manifest.data["status"], manifest.data["exit_code"]
     print_summary(spec.output, run_id, worker_statuses({plan.actor_id: result}, plans),
                   header=f"run {run_id}: {status} in {manifest.data['duration_s']:.1f} s")
     print_failures({plan.actor_id: result})
@@ -453,6 +503,6 @@ def print_failures(results: dict[str, dict]) -> None:
 
 
 def _actor_fields(result: dict) -> dict:
-    keep = ("status", "ended_by", "error", "steps", "frames", "rows_emitted", "setup_s", "run_s",
+    keep = ("status", "ended_by", "error", "steps", "frames", "rows_emitted", "resends", "setup_s", "run_s",
             "identity", "source_stats", "model_info", "traceback", "artifacts")
     return {k: result.get(k) for k in keep}

@@ -70,7 +70,7 @@ class Emitter:
         self._seq = 0
         self.max_unsent = max_unsent
         self.rows = 0  # rows whose delivery was acknowledged
-        self.failures = 0
+        self.resends = 0  # deliveries that failed (the batch is sent again)
 
     def __call__(self, batch: pa.RecordBatch) -> None:
         """Deliver ``batch`` (and any earlier undelivered ones). A failure is survived while at
@@ -80,7 +80,7 @@ class Emitter:
         try:
             self.drain()
         except Exception:
-            self.failures += 1
+            self.resends += 1
             if len(self._unsent) > self.max_unsent:
                 raise
 
@@ -109,6 +109,7 @@ class WorkerResult:
     steps: int = 0
     frames: int = 0
     rows_emitted: int = 0
+    resends: int = 0  # batches the sink did not take at first, sent again (no row is doubled)
     error: str | None = None
     traceback: str | None = None
     setup_s: float = 0.0
@@ -346,6 +347,7 @@ class StreamWorker:
             self.close()
         self._status = result.status
         result.steps, result.frames, result.rows_emitted = self._steps, self._frames, self._emit.rows
+        result.resends = self._emit.resends
         result.setup_s, result.run_s = self._setup_s, self._clock() - t0
         result.identity = dict(self.identity)
         if self.source is not None and hasattr(self.source, "stats"):

@@ -108,27 +108,38 @@ def submit(spec: FleetSpec, address: str | None = None, resume: str | None = Non
     t_submit = time.time()  # wall clock: compared with the rows' t_start (submit → first step)
     address = address or spec.address
     embedded = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
+    stopping = _Stopping()
+    # from here on a signal stops the run cleanly: during start-up nothing starts, and the
+    # manifest (written once the run's folder exists) says stopped
+    with driver.StopSignals() as signals:
+        signals.on_stop(stopping.request)
+        try:
+            return _submit(spec, address, resume, embedded, t_submit, signals, stopping)
+        finally:
+            if embedded and ray.is_initialized():  # also after an abort (a second Ctrl-C) during start-up
+                ray.shutdown()
+
+
+def _submit(spec: FleetSpec, address: str | None, resume: str | None, embedded: bool, t_submit: float,
+            signals: driver.StopSignals, stopping: _Stopping) -> int:
     run_id = driver.resume_id(spec.output, resume, spec) if resume else make_run_id(spec.run)
     spec = driver.resolve_splits(spec)  # split: all → the model's points
     root = resolve_root(spec.output)
     started = _connect_checking(address, spec, run_id, embedded)
+    signals.install()  # Ray's own SIGTERM handler would end the process without a word
     timings = {"submitted_at": driver.iso(t_submit), "ray_ready_s": _since(t_submit)}
-    try:
-        plans, labels, facts = _plan(spec, run_id, embedded=started, checked=embedded)
-        sink = RunSink(resolve_mode(spec), root, run_id,  # direct: every actor's node must see the output
-                       probe=nodes_to_probe(plans, labels, ray.get_runtime_context().get_node_id()))
-        done = driver.resumed(root, run_id, plans) if resume else None
-        manifest = driver.Manifest(root, run_id, spec, plans, mode="ray-embedded" if started else "ray", done=done)
-        manifest.data["dataset"]["sink"] = sink.mode
-        where = "embedded" if started else mask_text(address or os.environ.get("RAY_ADDRESS") or "connected")
-        manifest.data["ray"] = {"address": where, "cluster_resources": ray.cluster_resources()}
-        manifest.data["nodes"] = facts
-        for p in plans:
-            manifest.actor(p.actor_id, node_id=p.node_id, node=labels.get(p.node_id))
-        return _run(plans, run_id, root, manifest, t_submit, timings, labels, sink, done or {})
-    finally:
-        if started:
-            ray.shutdown()
+    plans, labels, facts = _plan(spec, run_id, embedded=started, checked=embedded)
+    sink = RunSink(resolve_mode(spec), root, run_id,  # direct: every actor's node must see the output
+                   probe=nodes_to_probe(plans, labels, ray.get_runtime_context().get_node_id()))
+    done = driver.resumed(root, run_id, plans) if resume else None
+    manifest = driver.Manifest(root, run_id, spec, plans, mode="ray-embedded" if started else "ray", done=done)
+    manifest.data["dataset"]["sink"] = sink.mode
+    where = "embedded" if started else mask_text(address or os.environ.get("RAY_ADDRESS") or "connected")
+    manifest.data["ray"] = {"address": where, "cluster_resources": ray.cluster_resources()}
+    manifest.data["nodes"] = facts
+    for p in plans:
+        manifest.actor(p.actor_id, node_id=p.node_id, node=labels.get(p.node_id))
+    return _run(plans, run_id, root, manifest, t_submit, timings, labels, sink, done or {}, signals, stopping)
 
 
 def _local_checks(spec: FleetSpec, run_id: str) -> None:
@@ -197,7 +208,7 @@ def _start(plans: list[WorkerPlan], run_id: str, sink: RunSink) -> dict:
 
 
 def _run(plans, run_id, root, manifest, t_submit: float, timings: dict, labels: dict[str, str], sink: RunSink,
-         done: dict[str, dict]) -> int:
+         done: dict[str, dict], signals: driver.StopSignals, stopping: _Stopping) -> int:
     from . import _nsight
 
     con = summary.console()
@@ -211,7 +222,6 @@ def _run(plans, run_id, root, manifest, t_submit: float, timings: dict, labels: 
         con.print(f"resuming {run_id}: {len({p.phase for p in plans if p.actor_id in done})} sweep point(s) "
                   "completed before are kept")
     view = driver.ProgressView(plans, node_labels=labels)
-    stopping = _Stopping()
 
     def finish_actor(aid: str, result: dict) -> None:
         results[aid] = result
@@ -220,25 +230,28 @@ def _run(plans, run_id, root, manifest, t_submit: float, timings: dict, labels: 
         view.latest.setdefault(aid, {"actor_id": aid}).update(
             {k: result[k] for k in ("status", "steps", "frames") if k in result})
 
-    with driver.stop_on_signals(stopping.request):
-        for phase in phases:
-            batch = [p for p in plans if p.phase == phase]
-            if all(p.actor_id in done for p in batch):
-                continue
-            if stopping.requested:  # a stopped sweep leaves its later points unrun
-                for p in batch:
-                    finish_actor(p.actor_id, {"status": "stopped", "ended_by": "stop", "error": "not started: the run was stopped"})
-                continue
-            actors = _start(batch, run_id, sink)
-            timings.setdefault("actors_created_s", _since(t_submit))
-            _watch(batch, actors, results, finish_actor, view, stopping)
-            _nsight.collect_reports(batch, actors, results, root, run_id, manifest)  # profile.nsys: every .nsys-rep
-            for a in actors.values():  # free the phase's resources for the next one
-                ray.kill(a)
+    for phase in phases:
+        batch = [p for p in plans if p.phase == phase]
+        if all(p.actor_id in done for p in batch):
+            continue
+        if stopping.requested:  # a stopped sweep leaves its later points unrun
+            for p in batch:
+                finish_actor(p.actor_id, {"status": "stopped", "ended_by": "stop", "error": "not started: the run was stopped"})
+            continue
+        actors = _start(batch, run_id, sink)
+        timings.setdefault("actors_created_s", _since(t_submit))
+        _watch(batch, actors, results, finish_actor, view, stopping)
+        _nsight.collect_reports(batch, actors, results, root, run_id, manifest)  # profile.nsys: every .nsys-rep
+        for a in actors.values():  # free the phase's resources for the next one
+            ray.kill(a)
     view.close()
     sink_stats = sink.finish()
     if done:  # the sink counted this session's rows; the run's dataset holds the earlier ones too
         sink_stats = dataset_stats(root, run_id)
+    if resends := sum(r.get("resends") or 0 for r in results.values()):
+        sink_stats["resends"] = resends
+        con.print(f"{resends} batch(es) of rows were sent to the sink again"
+                  + (" after it restarted" if sink_stats.get("sink_restarted") else "") + "; each is stored once")
     status, code = driver.run_status(results.values())
     if stopping.requested and status == "completed":
         status, code = "stopped", driver.EXIT_FAILED
@@ -247,7 +260,8 @@ def _run(plans, run_id, root, manifest, t_submit: float, timings: dict, labels: 
         manifest.actor(aid, first_step_s=round(first_s, 3))
     first_step_s = min(firsts.values(), default=None)
     timings["submit_to_first_step_s"] = None if first_step_s is None else round(first_step_s, 3)
-    manifest.finish(status, code, dataset_stats=sink_stats, timings=timings)
+    manifest.finish(status, code, signals, dataset_stats=sink_stats, timings=timings)
+    status, code = manifest.data["status"], manifest.data["exit_code"]  # a stop during the finish
     first = "never" if first_step_s is None else f"{first_step_s:.1f} s"
     summary.print_summary(root, run_id, driver.worker_statuses(results, plans),
                          header=f"run {run_id}: {status} in {manifest.data['duration_s']:.1f} s "
@@ -266,12 +280,13 @@ class _Stopping:
         self.done: dict = {}
 
     def request(self) -> None:
+        """Ask every running actor to stop (again is harmless); the grace period starts at the first request."""
         if not self.requested:
             self.requested = True
             self.deadline = time.monotonic() + STOP_GRACE_S
-            for aid, a in self.actors.items():
-                if aid not in self.done:
-                    a.stop.remote()
+        for aid, a in self.actors.items():
+            if aid not in self.done:
+                a.stop.remote()
 
     def overdue(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline

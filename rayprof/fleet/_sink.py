@@ -13,14 +13,22 @@ Memory is bounded everywhere, by back-pressure rather than queues: a worker buff
 ``window`` (2) batches unacknowledged; the next emit waits for the oldest. So the sink actor's
 backlog is at most workers × window batches, of which it encodes ``SINK_THREADS`` (4) at once,
 and a direct writer holds one batch's Parquet bytes while it writes.
+
+Nothing is lost when the sink actor's process dies: Ray restarts it (up to ``SINK_RESTARTS``
+times), and every worker holds the batches the sink has not acknowledged and sends them again,
+with their sequence numbers, until the new sink takes them (for up to ``SINK_RESTART_WAIT_S``;
+the worker's steps wait meanwhile). A batch is a file named by (actor, seq), so a batch the old
+sink had written before dying is replaced, not doubled: every (actor, step) is in the dataset once.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import time
+
 import ray
-from ray.exceptions import RayError
+from ray.exceptions import RayActorError, RayError
 
 from ..errors import UserError
 from ..plan import WorkerPlan
@@ -28,10 +36,13 @@ from ..sink import DatasetWriter, answer_probe, dataset_stats, is_remote, remove
 from ..source import mask_text
 from ..spec import FleetSpec
 from ._nodes import pinned, run_on_nodes
+from ._sinkactor import SinkActor
 
 WINDOW = 2  # unacknowledged batches per worker
 SINK_THREADS = 4  # concurrent writes in the sink actor: overlaps compression and a remote store's latency
 PROBE_TIMEOUT_S = 60.0
+SINK_RESTARTS = 5  # the sink actor's process may die this many times in a run
+SINK_RESTART_WAIT_S = 120.0  # how long a worker keeps resending to a sink that is down
 
 
 def resolve_mode(spec: FleetSpec) -> str:
@@ -47,9 +58,10 @@ def resolve_mode(spec: FleetSpec) -> str:
 class _WindowedEmitter:
     """A worker's emitter (the contract of ``worker.Emitter``), asynchronous: batches are sent
     with at most ``window`` unacknowledged (back-pressure, not an unbounded queue). A write
-    that fails with one of ``retry_on`` is sent again, once, with the same sequence number, so
-    it replaces rather than duplicates; if that fails too the error propagates and the batch
-    stays queued for ``drain()``. Subclasses say how to send and how to wait."""
+    that fails with one of ``retry_on`` is sent again with the same sequence number, so it
+    replaces rather than duplicates: once, or for as long as :meth:`_patience` allows for that
+    error, with a growing pause; past that the error propagates and the batch stays queued for
+    ``drain()``. ``resends`` counts the batches sent again. Subclasses say how to send and wait."""
 
     retry_on: tuple[type[BaseException], ...] = ()
 
@@ -58,6 +70,7 @@ class _WindowedEmitter:
         self._inflight: list[tuple[object, int, object]] = []  # (handle, seq, batch), oldest first
         self._seq = 0
         self.rows = 0
+        self.resends = 0
 
     def _send(self, seq: int, batch) -> object:
         raise NotImplementedError
@@ -71,14 +84,27 @@ class _WindowedEmitter:
         while len(self._inflight) > self.window:
             self._confirm_oldest()
 
+    def _patience(self, error: BaseException) -> float:
+        """Seconds to keep resending after ``error``; 0: one resend only."""
+        return 0.0
+
     def _confirm_oldest(self) -> None:
         handle, seq, batch = self._inflight[0]
-        try:
-            self._wait(handle)
-        except self.retry_on:
-            handle = self._send(seq, batch)
-            self._inflight[0] = (handle, seq, batch)
-            self._wait(handle)
+        tries, first_failure = 0, None
+        while True:
+            try:
+                self._wait(handle)
+                break
+            except self.retry_on as e:
+                now = time.monotonic()
+                first_failure = first_failure or now
+                if tries and now - first_failure >= self._patience(e):
+                    raise
+                time.sleep(min(0.1 * 2 ** tries, 2.0) if tries else 0.0)
+                tries += 1
+                self.resends += 1
+                handle = self._send(seq, batch)
+                self._inflight[0] = (handle, seq, batch)
         self._inflight.pop(0)
         self.rows += batch.num_rows
 
@@ -104,6 +130,10 @@ class SinkEmitter(_WindowedEmitter):
 
     def _wait(self, handle) -> None:
         ray.get(handle)
+
+    def _patience(self, error: BaseException) -> float:
+        """A sink actor that died is being restarted by Ray: resend until it is back."""
+        return SINK_RESTART_WAIT_S if isinstance(error, RayActorError) else 0.0
 
     def artifact(self, kind: str, name: str, data: bytes) -> str:
         """Store a profiler artifact in the run's folder on the sink's node; waits for it."""
@@ -191,9 +221,9 @@ class RunSink:
             check_direct_output(root, probe or {})
         else:
             here = ray.get_runtime_context().get_node_id()
-            self.actor = ray.remote(DatasetWriter).options(  # thread-safe: several writes at once
+            self.actor = ray.remote(SinkActor).options(  # thread-safe: several writes at once
                 num_cpus=0, max_concurrency=SINK_THREADS, name=f"rayprof:{run_id}:sink",
-                scheduling_strategy=pinned(here)).remote(root, run_id)
+                max_restarts=SINK_RESTARTS, scheduling_strategy=pinned(here)).remote(root, run_id)
 
     def emitter(self, plan: WorkerPlan) -> SinkEmitter | DirectEmitter:
         """The emitter for ``plan``'s actor (it is pickled into the actor with it)."""
@@ -202,12 +232,15 @@ class RunSink:
         return SinkEmitter(self.actor, plan.worker, plan.actor_id, self.window)
 
     def finish(self) -> dict:
-        """Rows, files and bytes written (direct: read back from the files), or an error; ends
-        the sink actor, so call it after the last write."""
+        """Rows, files and bytes written (direct, or a sink actor that was restarted: read back
+        from the files), or an error; ends the sink actor, so call it after the last write."""
         try:
             if self.actor is None:
                 return dataset_stats(self.root, self.run_id)
-            return ray.get(self.actor.stats.remote(), timeout=30)
+            stats = ray.get(self.actor.stats.remote(), timeout=30)
+            if stats.pop("restarted"):  # the first sink's counts died with it
+                return {**dataset_stats(self.root, self.run_id), "sink_restarted": True}
+            return stats
         except (RayError, OSError) as e:
             return {"error": mask_text(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")}
         finally:

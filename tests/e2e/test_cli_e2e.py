@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -200,3 +201,55 @@ def test_sigterm_stops_every_actor_of_a_submitted_fleet(tmp_path):
     for aid, actor in man["actors"].items():
         assert actor["status"] == "stopped" and actor["ended_by"] == "stop", actor
         assert sorted(df[df.actor_id == aid].step) == list(range(actor["steps"]))
+
+
+def signalled_at(moment: str, sig: str, *args: str) -> subprocess.CompletedProcess:
+    """``rayprof ARGS`` sending itself ``sig`` at ``moment`` (tests/support/signal_at.py)."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "tests.support.signal_at", moment, sig, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_stopped_cleanly(res: subprocess.CompletedProcess, sig: str, root: Path, moment: str) -> dict:
+    """Exit 1, the stop said once, no traceback; a valid dataset and a manifest that says stopped:
+    no step at start-up, every step once during the final flush (whose index is left for later)."""
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"{sig}: stopping every worker" in res.stderr and "Traceback" not in res.stderr + res.stdout
+    (run_id,) = runs_in(root)
+    run = root / f"run={run_id}"
+    man = json.loads((run / "_manifest.json").read_text())
+    assert man["status"] == "stopped" and man["exit_code"] == 1
+    files = list(run.glob("worker=*/*.parquet"))
+    df = pd.read_parquet(run) if files else pd.DataFrame(columns=["actor_id", "step"])
+    for aid, actor in man["actors"].items():
+        if moment == "startup":
+            assert actor["status"] == "stopped" and not actor.get("steps"), actor
+        else:
+            assert actor["status"] == "completed" and actor["steps"] == 3, actor
+        assert sorted(df[df.actor_id == aid].step) == list(range(actor.get("steps") or 0))
+    if moment == "finish":
+        assert "skipped" in man["index"] and not (run / "_index" / "batches.arrow").exists()
+    assert not list(run.rglob(".*.tmp"))
+    return man
+
+
+@pytest.mark.parametrize("moment, sig", [("startup", "SIGTERM"), ("finish", "SIGINT")])
+def test_a_signal_at_start_up_or_in_the_final_flush_stops_a_run_cleanly(moment, sig, tmp_path):
+    res = signalled_at(moment, sig, "run", "--model-name", "mobilenet_v3_small", "--input_path", "synthetic",
+                       "--batch-size", "2", "--max-steps", "3", "--warmup-steps", "1", "--output", str(tmp_path))
+    assert_stopped_cleanly(res, sig, tmp_path, moment)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment, sig", [("startup", "SIGINT"), ("finish", "SIGTERM")])
+def test_a_signal_at_start_up_or_in_the_final_flush_stops_a_fleet_cleanly(moment, sig, tmp_path):
+    """`rayprof submit` on an embedded Ray: at start-up (while Ray starts) no actor starts; in the
+    final flush every actor has completed, yet the run is stopped and its index left for later."""
+    spec = tmp_path / "job.yaml"
+    spec.write_text("defaults: {source: synthetic, model: mobilenet_v3_small, batch_size: 2, max_steps: 3,\n"
+                    "           prep: {size: 64}, device: cpu, warmup_steps: 1}\n"
+                    "workers: [{name: a}, {name: b}]\n")
+    res = signalled_at(moment, sig, "submit", str(spec), "--output", str(tmp_path / "out"))
+    man = assert_stopped_cleanly(res, sig, tmp_path / "out", moment)
+    assert len(man["actors"]) == 2

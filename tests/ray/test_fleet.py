@@ -2,7 +2,10 @@
 
 import json
 import os
+import signal
 import socket
+import threading
+import time
 
 import pandas as pd
 import pytest
@@ -20,6 +23,12 @@ def spec_for(video, output, workers, **top):
                 "device": "cpu"}
     return parse_fleet({"run": "t", "output": str(output), "flush_interval_s": 0.2, "defaults": defaults,
                         "workers": workers, **top})
+
+
+def actor_pid(suffix: str) -> int:
+    """The process id of the run's named actor whose name ends with ``suffix``."""
+    (name,) = [n for n in ray.util.list_named_actors() if n.endswith(suffix)]
+    return ray.get(ray.get_actor(name).__ray_call__.remote(lambda self: os.getpid()), timeout=60)
 
 
 def only_run(root):
@@ -97,9 +106,6 @@ def test_a_failed_actor_is_named_and_the_others_finish(local_ray, small_video, t
 def test_an_actor_killed_mid_run_keeps_its_flushed_rows(local_ray, small_video, tmp_path):
     """A worker process that dies: named with the cause, its rows up to its last flush kept,
     the others complete, exit 1."""
-    import threading
-    import time
-
     spec = spec_for(small_video, tmp_path, [
         {"name": "victim", "max_steps": 0, "cores": "0"},  # loops the video until killed
         {"name": "bystander", "max_steps": 8, "cores": "1"},
@@ -111,8 +117,7 @@ def test_an_actor_killed_mid_run_keeps_its_flushed_rows(local_ray, small_video, 
     while not list(tmp_path.glob("run=*/worker=victim/part-*.parquet")):  # it has flushed rows
         assert time.monotonic() < deadline and t.is_alive()
         time.sleep(0.2)
-    (name,) = [n for n in ray.util.list_named_actors() if n.endswith(":victim-0")]
-    ray.kill(ray.get_actor(name))
+    os.kill(actor_pid(":victim-0"), signal.SIGKILL)  # the process dies, as with the OOM killer
     t.join(timeout=180)
     assert out["code"] == 1
     run_id = only_run(tmp_path)
@@ -124,6 +129,39 @@ def test_an_actor_killed_mid_run_keeps_its_flushed_rows(local_ray, small_video, 
     kept = sorted(df[df.worker == "victim"].step)
     assert kept and kept == list(range(len(kept)))  # a prefix of its steps, each once
     assert sorted(df[df.worker == "bystander"].step) == list(range(8))
+
+
+RESTART_STEPS = 60
+
+
+def test_a_sink_killed_mid_run_is_restarted_and_no_row_is_lost_or_doubled(local_ray, tmp_path, capsys):
+    """The sink actor's process dies while two workers emit: Ray restarts it, the workers resend
+    what it had not acknowledged, and every (actor, step) is in the dataset exactly once."""
+    paced = {"uri": "synthetic", "fps": 20, "width": 64, "height": 64}  # 10 steps/s: the run lasts seconds
+    spec = spec_for("-", tmp_path, [{"name": f"w{k}", "cores": str(k), "source": paced, "batch_size": 2,
+                                     "max_steps": RESTART_STEPS} for k in range(2)])
+    out = {}
+    t = threading.Thread(target=lambda: out.update(code=fleet.submit(spec)))
+    t.start()
+    deadline = time.monotonic() + 180
+    while len(list(tmp_path.glob("run=*/worker=*/part-*.parquet"))) < 2:  # the sink has written
+        assert time.monotonic() < deadline and t.is_alive(), "no rows within 180 s"
+        time.sleep(0.1)
+    os.kill(actor_pid(":sink"), signal.SIGKILL)
+    t.join(timeout=240)
+    assert out["code"] == 0
+    run_id = only_run(tmp_path)
+    man = read_manifest(tmp_path, run_id)
+    assert man["status"] == "completed"
+    df = read_table(tmp_path, run_id).to_pandas()
+    for k in range(2):
+        actor = man["actors"][f"w{k}-0"]
+        assert actor["status"] == "completed" and actor["steps"] == RESTART_STEPS
+        assert sorted(df[df.actor_id == f"w{k}-0"].step) == list(range(RESTART_STEPS))  # each step, once
+    assert sum(a["resends"] for a in man["actors"].values()) > 0  # the workers did resend
+    stats = man["dataset_stats"]
+    assert stats["sink_restarted"] and stats["rows"] == len(df) == 2 * RESTART_STEPS
+    assert "sent to the sink again after it restarted" in capsys.readouterr().out
 
 
 def test_a_sweep_runs_its_points_in_turn_and_resumes_where_it_stopped(local_ray, small_video, tmp_path, capsys):

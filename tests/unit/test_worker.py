@@ -147,7 +147,7 @@ def test_emitter_redelivers_with_the_same_sequence_number():
                      runner_factory=lambda p: FakeRunner(clock))
     res = w.run()
     steps = [r["step"] for seq in sorted(files) for r in files[seq].to_pylist()]
-    assert res.status == "completed" and emitter.failures == 1  # a hiccup is survived…
+    assert res.status == "completed" and emitter.resends == 1  # a hiccup is survived…
     assert steps == list(range(res.steps)) and res.steps == 10  # …and every executed step is there, once
     assert emitter.rows == res.rows_emitted == res.steps
 
