@@ -11,10 +11,13 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from ray.exceptions import RayActorError, RayTaskError  # noqa: E402
+
 from rayprof import fleet  # noqa: E402
 from rayprof.errors import UserError  # noqa: E402
-from rayprof.fleet._sink import (DirectEmitter, check_direct_output, nodes_to_probe, probe_nodes,  # noqa: E402
-                                 resolve_mode)
+from rayprof.fleet import _sink as fleet_sink  # noqa: E402
+from rayprof.fleet._sink import (DirectEmitter, SinkEmitter, check_direct_output, nodes_to_probe,  # noqa: E402
+                                 probe_nodes, resolve_mode)
 from rayprof.sink import DatasetWriter, dataset_files, dataset_stats, read_manifest, read_table  # noqa: E402
 from rayprof.spec import parse_fleet  # noqa: E402
 
@@ -157,3 +160,53 @@ def test_direct_emitter_is_bounded_and_writes_each_row_once(tmp_path):
     assert writer.calls == [0, 1, 2, 0]  # the unacknowledged seq 0 was sent again, not duplicated
     assert e.rows == 9 and writer.inner.stats()["rows"] == 9
     assert sorted(read_table(tmp_path, "r").column("step").to_pylist()) == list(range(9))
+
+
+class _DyingSink:
+    """Stands in for the sink actor's handle: each ``write`` fails with ``error`` while
+    ``failures`` lasts, then writes to a real DatasetWriter (as Ray's restarted actor would)."""
+
+    def __init__(self, writer: DatasetWriter, error: Exception, failures: int):
+        self.writer, self.error, self.failures, self.calls = writer, error, failures, []
+
+    def send(self, emitter, seq, batch):
+        self.calls.append(seq)
+        if self.failures:
+            self.failures -= 1
+            return self.error
+        return self.writer.write(emitter.worker, emitter.actor_id, batch, seq)
+
+
+def _emitter_on(sink: _DyingSink, monkeypatch) -> SinkEmitter:
+    e = SinkEmitter(None, "w", "w-0", window=1)
+    monkeypatch.setattr(e, "_send", lambda seq, batch: sink.send(e, seq, batch))
+    monkeypatch.setattr(e, "_wait", lambda h: (_ for _ in ()).throw(h) if isinstance(h, Exception) else h)
+    monkeypatch.setattr(fleet_sink.time, "sleep", lambda s: None)
+    return e
+
+
+def test_a_worker_resends_to_a_restarting_sink_until_it_takes_the_batch(tmp_path, monkeypatch):
+    sink = _DyingSink(DatasetWriter(tmp_path, "r"), RayActorError(), failures=5)
+    e = _emitter_on(sink, monkeypatch)
+    e(batch_of(range(0, 3)))
+    e(batch_of(range(3, 6)))
+    e.drain()
+    assert sink.calls == [0, 1, 0, 0, 0, 0, 1]  # both in flight when it died; each sent until taken
+    assert e.resends == 5 and e.rows == 6
+    assert sorted(read_table(tmp_path, "r").column("step").to_pylist()) == list(range(6))  # each row once
+
+
+def test_a_worker_gives_up_on_a_sink_that_stays_down_or_keeps_failing(tmp_path, monkeypatch):
+    down = _DyingSink(DatasetWriter(tmp_path, "r"), RayActorError(), failures=10**6)
+    e = _emitter_on(down, monkeypatch)
+    monkeypatch.setattr(fleet_sink, "SINK_RESTART_WAIT_S", 0.0)  # no patience left after the first resend
+    e(batch_of(range(0, 3)))
+    with pytest.raises(RayActorError):
+        e.drain()
+    assert down.calls == [0, 0]
+    broken = _DyingSink(DatasetWriter(tmp_path, "q"), RayTaskError("write", "", OSError("disk full")), failures=10**6)
+    e = _emitter_on(broken, monkeypatch)
+    e(batch_of(range(0, 3)))
+    with pytest.raises(RayTaskError):  # not a restart: resent once only
+        e.drain()
+    assert broken.calls == [0, 0] and e.rows == 0
