@@ -26,7 +26,7 @@ test-fast: $(STAMP)
 
 # Each benchmark prints its table and rewrites its section of benchmarks/RESULTS.md. scaling.py's
 # multi-node rows need cluster/local_cluster.sh to start here; where it cannot, the page says why.
-bench: $(STAMP)  # the CPU set, a few minutes on a CPU-only machine
+bench: $(STAMP)  # the CPU set, about half an hour on a 2-core CPU-only machine
 	$(PY) benchmarks/instrumentation_overhead.py
 	$(PY) benchmarks/sink_throughput.py
 	$(PY) benchmarks/query_summary.py
@@ -34,6 +34,7 @@ bench: $(STAMP)  # the CPU set, a few minutes on a CPU-only machine
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/load.py
 
 bench-gpu: $(STAMP)  # on a machine with a CUDA GPU (without one it says so and exits 0)
 	$(PY) benchmarks/gpu_set.py

@@ -49,7 +49,7 @@ workers:
   - {name: resnet18-b8, model: resnet18, batch_size: 8}
 """
 #: what each process of the tree is, by its command line (first match wins)
-KINDS = [("ray::DatasetWriter", "sink actor"), ("ray::Graceful", "worker actors"), ("default_worker", "worker actors"),
+KINDS = [("ray::SinkActor", "sink actor"), ("ray::Graceful", "worker actors"), ("default_worker", "worker actors"),
          ("ray::IDLE", "worker actors"), ("rayprof.cli", "driver (rayprof submit)"), ("", "Ray's own processes")]
 KIND_NAMES = list(dict.fromkeys(name for _, name in KINDS))
 TORCH_PIECE = "`import torch, torchvision` (every worker actor)"
