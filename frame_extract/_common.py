@@ -82,25 +82,6 @@ def parse_number(field: str, text: str | float, *, fix: str, minimum: float | No
     return int(value) if integer else value
 
 
-def check_output_folder(field: str, path: str, fix_more: str = "") -> Path:
-    """The output folder (it need not exist yet); a :class:`UserError` if it is a file or lies
-    under a file. Nothing is created here."""
-    if not str(path).strip():
-        raise UserError(field, path, "is empty", "give the folder to write to (it is created if missing)")
-    out = Path(path).expanduser()
-    for p in (out, *out.parents):
-        if p.exists():
-            if not p.is_dir():
-                what = "is a file" if p == out else f"lies under {str(p)!r}, which is a file"
-                raise UserError(field, path, f"{what}, not a folder",
-                                "give a folder path (it is created if missing)" + fix_more)
-            if not os.access(p, os.W_OK | os.X_OK):
-                raise UserError(field, path, f"{str(p)!r} is not writable",
-                                "choose a folder you may write to")
-            break
-    return out
-
-
 def make_folder(field: str, out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)

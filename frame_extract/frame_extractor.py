@@ -35,7 +35,6 @@ import click
 from frame_extract._common import (
     EXIT_INTERRUPTED,
     Progress,
-    check_output_folder,
     make_folder,
     parse_number,
     run_cli,
@@ -44,7 +43,7 @@ from frame_extract._common import (
 )
 from frame_extract._fpsclock import FpsClock, Pending, parse_rate, rate_text
 from frame_extract._reader import FrameReader, InputInfo, open_input
-from rayprof.errors import UserError, did_you_mean
+from rayprof.errors import UserError, check_output_folder, did_you_mean
 
 FORMATS = ("png", "jpg", "jpeg", "webp")
 LOSSY = {"jpg": 95, "jpeg": 95, "webp": 90}   # default --quality

@@ -31,7 +31,6 @@ import click
 from frame_extract._common import (
     EXIT_INTERRUPTED,
     Progress,
-    check_output_folder,
     make_folder,
     one_line,
     parse_number,
@@ -40,7 +39,7 @@ from frame_extract._common import (
     write_atomic,
 )
 from frame_extract._work import IMAGE_EXTS, ImageJob, Skipped, WorkSettings
-from rayprof.errors import UserError
+from rayprof.errors import UserError, check_output_folder
 
 DEFAULT_MODEL = "fasterrcnn_resnet50_fpn_v2"
 DATASET_JSON = "coco_dataset.json"

@@ -7,12 +7,13 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from functools import wraps
 
 import click
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, did_you_mean
 
 # OpenCV's and FFmpeg's C logs go straight to stderr; keep a user error to its one line
 # (set these variables yourself to see them again).
@@ -37,7 +38,87 @@ def _user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _UsageLine(click.ClickException):
+    """A command-line mistake click found, shown like a UserError: one ``error:`` line, exit 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # `rayprof` alone prints its help (click >= 8.2)
+
+
+@contextmanager
+def _one_line(info_name: str | None, args: list[str], parent: click.Context | None):
+    """Click's own checks of a command's ``args`` (an unknown option, a value of the wrong type,
+    a missing value) end as every user error does: one line naming the flag, the value and the fix."""
+    try:
+        yield
+    except click.UsageError as e:
+        if isinstance(e, _HELP):
+            raise
+        command = " ".join(n for n in (parent.command_path if parent else "", info_name or "rayprof") if n)
+        raise _UsageLine(_usage_error(e, command, args).message) from None
+
+
+def _usage_error(e: click.UsageError, command: str, args: list[str]) -> UserError:
+    """Click's complaint about ``command``'s ``args`` as a UserError: the flag as typed and its value."""
+    fix = f"see {command} --help"
+    if isinstance(e, click.NoSuchOption):
+        return UserError(e.option_name, e.option_name, f"is not an option of {command}"
+                         + did_you_mean(e.option_name, e.possibilities or []), fix)
+    param = getattr(e, "param", None)
+    if isinstance(param, click.Option):
+        field, value = _typed(args, [*param.opts, *param.secondary_opts]) or (param.opts[0], None)
+    elif param is not None:  # an argument
+        field, value = param.human_readable_name, None
+    elif isinstance(e, click.BadOptionUsage):  # a flag without its value
+        field, value = e.option_name, None
+    else:  # an extra argument
+        field, value = command, " ".join(args)
+    problem = e.message if e.message or param is None else "is required"
+    if value is not None:  # click starts with the value: "'abc' is not a valid integer."
+        for shown in (repr(value), str(value)):
+            problem = problem.removeprefix(f"{shown} ")
+    return UserError(field, value, problem[:1].lower() + problem[1:].rstrip("."), fix)
+
+
+def _typed(args: list[str], flags: list[str]) -> tuple[str, str] | None:
+    """The first of ``flags`` in ``args`` and the value given to it (``--flag value`` or ``--flag=value``)."""
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag in flags and (eq or i + 1 < len(args)):
+            return flag, value if eq else args[i + 1]
+    return None
+
+
+class _Command(click.Command):
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _one_line(info_name, list(args), parent):
+            return super().make_context(info_name, args, parent, **extra)
+
+
+class _Group(click.Group):
+    """``rayprof``: every subcommand's command-line mistakes are one line, and so is an unknown command."""
+
+    command_class = _Command
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _one_line(info_name, list(args), parent):
+            return super().make_context(info_name, args, parent, **extra)
+
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            raise _UsageLine(UserError("COMMAND", name, f"is not a {ctx.command_path} command"
+                                       + did_you_mean(name, self.list_commands(ctx)),
+                                       f"see {ctx.command_path} --help").message)
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="rayprof")
 def main() -> None:
     """Profile PyTorch models on video streams, one stream per Ray actor."""
@@ -48,7 +129,7 @@ _set = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
 
 
 @main.command()
-@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.argument("spec_path", metavar="SPEC")
 @_set
 @click.option("--address", default=None, help="Ray cluster address (auto, host:port, ray://host:10001). "
               "Default: spec `address`, then RAY_ADDRESS, then an embedded local Ray.")
@@ -81,7 +162,7 @@ def _with_nsys(spec):
 
 
 @main.command()
-@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.argument("spec_path", metavar="SPEC")
 @_set
 @click.option("--remote", is_flag=True, help="The workers run on a cluster: skip the checks of local files, cores and GPUs.")
 @click.option("--address", default=None, help="Plan on this running Ray cluster (auto, host:port, ray://host:10001): "

@@ -16,11 +16,11 @@ from datetime import datetime, timezone
 
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, check_output_folder
 from .metrics import SCHEMA_VERSION
 from .summary import console, print_summary
 from .plan import WorkerPlan, make_run_id, plan_fleet
-from .sink import DatasetWriter, read_table, resolve_root, run_dir, write_manifest
+from .sink import DatasetWriter, is_uri, read_table, resolve_root, run_dir, write_manifest
 from .spec import FleetSpec
 from .sysinfo import host_info
 
@@ -33,12 +33,14 @@ EXIT_OK, EXIT_FAILED = 0, 1  # bad input (2) never gets this far: UserError
 def preflight(spec: FleetSpec, *, local: bool = True) -> None:
     """Semantic checks before anything starts; raises the first UserError.
 
-    ``local``: the workers run on this machine, so files, cores and GPUs are checked here.
-    Every sweep point's workers are checked; an error in a value the sweep set names the
-    ``sweep`` key that set it.
+    ``local``: the workers run on this machine, so the output folder, files, cores and GPUs are
+    checked here. Every sweep point's workers are checked; an error in a value the sweep set
+    names the ``sweep`` key that set it.
     """
     from .sweep import points
 
+    if local and not is_uri(spec.output):
+        check_output_folder("output", spec.output)
     seen: set[str] = set()
     for point in points(spec):
         for i, w in enumerate(point.spec.workers):

@@ -7,7 +7,9 @@ without a traceback. Anything else that escapes is a bug or a failed run (exit 1
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -38,3 +40,20 @@ def did_you_mean(value: str, choices: Iterable[str], limit: int = 3) -> str:
     if not matches:
         return ""
     return " (did you mean " + " or ".join(repr(m) for m in matches) + "?)"
+
+
+def check_output_folder(field: str, path: str) -> Path:
+    """A folder to write to on this machine (it need not exist yet); a :class:`UserError` if it
+    is empty, is a file, lies under a file or cannot be written. Nothing is created here."""
+    if not str(path).strip():
+        raise UserError(field, path, "is empty", "give the folder to write to (it is created if missing)")
+    out = Path(path).expanduser()
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"lies under {str(p)!r}, which is a file"
+                raise UserError(field, path, f"{what}, not a folder", "give a folder path (it is created if missing)")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise UserError(field, path, f"{str(p)!r} is not writable", "choose a folder you may write to")
+            break
+    return out

@@ -667,12 +667,21 @@ def write_report(root: str | Path, run: str = "latest", out: str | Path = "repor
         title, caption = PLOTS[name]
         png = _png(fig)
         path = page.with_name(f"{page.stem}-{name}.png")
-        path.write_bytes(png)
+        _write(out, path, png)
         written.append(path)
         parts.append(f"<h2>{html.escape(title)}</h2><figure><img alt='{html.escape(title)}' "
                      f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    page.write_text(f"<!doctype html><html lang=en><head><meta charset=utf-8><title>rayprof report · "
-                    f"{html.escape(run_id)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n",
-                    encoding="utf-8")
+    _write(out, page, (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>rayprof report · "
+                       f"{html.escape(run_id)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n"
+                       ).encode("utf-8"))
     return [page, *written]
+
+
+def _write(out: str | Path, path: Path, data: bytes) -> None:
+    """One file of the report; a folder that cannot take it is a mistake in ``-o``."""
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        raise UserError("-o", str(out), f"cannot write {path.name} there ({e.strerror or e})",
+                        "choose a folder you may write to") from None

@@ -289,8 +289,9 @@ def _has_path(d: Any, path: tuple) -> bool:
     return True
 
 
-def _model_at(path: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = WorkerSpec
+def _model_at(path: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    """The model that holds the key at ``path`` below ``root`` (None: not a model there)."""
+    model: type[BaseModel] | None = root
     for part in path:
         if model is None or part not in model.model_fields:
             return None
@@ -328,7 +329,7 @@ def _error_from_pydantic(err: dict, where: str, raw_worker: dict | None, raw_def
             prefix = f"workers[{index}]"
     field = ".".join(p for p in (prefix, _fmt_path(loc)) if p)
     if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1]) if index is not None else FleetSpec
+        parent = _model_at(loc[:-1], FleetSpec if index is None else WorkerSpec)
         choices = list(parent.model_fields) if parent else []
         key = loc[-1]
         return UserError(field, key, "is not a known key", "remove it or fix its spelling" + (did_you_mean(str(key), choices) or f" (known keys: {', '.join(choices)})"))
@@ -527,6 +528,11 @@ def load_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        tag = re.search(r"constructor for the tag '([^']+)'", str(getattr(e, "problem", "")))
+        if tag:  # !!python/object/apply:os.system [...] and the like: safe_load builds no objects
+            raise UserError("spec", str(path), f"has the tag {tag[1].replace('tag:yaml.org,2002:', '!!')}{where}, "
+                            "which could run code (specs are loaded safely: such tags are refused)",
+                            "remove the tag (a spec holds plain strings, numbers, lists and mappings)") from None
         raise UserError("spec", str(path), f"is not valid YAML{where}", "fix the YAML syntax (indentation, colons, quotes)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError("spec", str(path), f"cannot be read ({e.__class__.__name__})", "check the file's permissions and encoding") from None

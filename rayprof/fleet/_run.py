@@ -27,6 +27,7 @@ import ray
 from ray.exceptions import RayActorError, RayError
 
 from .. import driver, summary
+from ..errors import UserError
 from ..plan import WorkerPlan, make_run_id, plan_fleet
 from ..sink import dataset_stats, resolve_root, run_dir
 from ..source import mask_text, mask_url
@@ -125,10 +126,15 @@ def _submit(spec: FleetSpec, address: str | None, resume: str | None, embedded: 
     run_id = driver.resume_id(spec.output, resume, spec) if resume else make_run_id(spec.run)
     spec = driver.resolve_splits(spec)  # split: all → the model's points
     root = resolve_root(spec.output)
-    started = _connect_checking(address, spec, run_id, embedded)
-    signals.install()  # Ray's own SIGTERM handler would end the process without a word
-    timings = {"submitted_at": driver.iso(t_submit), "ray_ready_s": _since(t_submit)}
-    plans, labels, facts = _plan(spec, run_id, embedded=started, checked=embedded)
+    with _ray_logs_held() as ray_logs:  # a mistake found on the cluster is one line too: no Ray start-up log
+        started = _connect_checking(address, spec, run_id, embedded)
+        signals.install()  # Ray's own SIGTERM handler would end the process without a word
+        timings = {"submitted_at": driver.iso(t_submit), "ray_ready_s": _since(t_submit)}
+        try:
+            plans, labels, facts = _plan(spec, run_id, embedded=started, checked=embedded)
+        except UserError:
+            ray_logs.buffer.clear()
+            raise
     sink = RunSink(resolve_mode(spec), root, run_id,  # direct: every actor's node must see the output
                    probe=nodes_to_probe(plans, labels, ray.get_runtime_context().get_node_id()))
     done = driver.resumed(root, run_id, plans) if resume else None

@@ -110,7 +110,7 @@ def test_bad_files(tmp_path):
 def test_yaml_cannot_run_code(tmp_path):
     p = tmp_path / "evil.yaml"
     p.write_text("run: !!python/object/apply:os.system ['echo pwned']\nworkers: [{name: a}]\n")
-    with pytest.raises(UserError, match="not valid YAML"):
+    with pytest.raises(UserError, match="has the tag !!python/object/apply:os.system at line 1, column 6, which could run code"):
         load_fleet(p)
 
 
