@@ -20,7 +20,7 @@ from .errors import UserError, check_output_folder
 from .metrics import SCHEMA_VERSION
 from .summary import console, print_summary
 from .plan import WorkerPlan, make_run_id, plan_fleet
-from .sink import DatasetWriter, is_uri, read_table, resolve_root, run_dir, write_manifest
+from .sink import DatasetWriter, OutputError, is_uri, read_table, resolve_root, run_dir, write_manifest
 from .spec import FleetSpec
 from .sysinfo import host_info
 
@@ -218,6 +218,8 @@ def _split_text(plan: WorkerPlan) -> str:
 class Manifest:
     """The run's ``_manifest.json``, rewritten atomically at start and at the end."""
 
+    unwritten: OutputError | None = None  # why the last write failed (the older version stays)
+
     def __init__(self, root: str | os.PathLike, run_id: str, spec: FleetSpec, plans: list[WorkerPlan], mode: str,
                  done: dict[str, dict] | None = None):
         """``done``: a resumed run's actors that completed before (their entries are kept)."""
@@ -247,10 +249,20 @@ class Manifest:
         }
         if done is not None:
             self.data["resumed"] = True
-        self.write()
+        write_manifest(self.root, self.run_id, self.data)  # an output that cannot take it ends the run here
 
     def write(self) -> None:
-        write_manifest(self.root, self.run_id, self.data)
+        """Replace the manifest. Once the run has started, an output that cannot take it (a full
+        disk) does not end the run: the first such error is said on stderr, the last version
+        written stays, and :attr:`unwritten` holds the error until a write succeeds."""
+        try:
+            write_manifest(self.root, self.run_id, self.data)
+        except OutputError as e:
+            if self.unwritten is None:
+                print(f"error: {e.message}", file=sys.stderr, flush=True)
+            self.unwritten = e
+            return
+        self.unwritten = None
 
     def actor(self, actor_id: str, **fields) -> None:
         self.data["actors"][actor_id].update(fields)
@@ -267,6 +279,8 @@ class Manifest:
         t1 = time.time()
         self.data.update(status=status, exit_code=exit_code, ended_at=iso(t1), duration_s=round(t1 - self.t0, 3), **extra)
         self.write()
+        if self.unwritten is not None:  # the manifest on disk says less than this: the run failed
+            self.data.update(status="failed", exit_code=EXIT_FAILED)
 
 
 def _index_run(root: str, run_id: str, signals: StopSignals | None) -> dict:
@@ -493,8 +507,18 @@ def _run_single(spec: FleetSpec, signals: StopSignals) -> int:
     status, code = manifest.data["status"], manifest.data["exit_code"]
     print_summary(spec.output, run_id, worker_statuses({plan.actor_id: result}, plans),
                   header=f"run {run_id}: {status} in {manifest.data['duration_s']:.1f} s")
+    print_losses({plan.actor_id: result})
     print_failures({plan.actor_id: result})
     return code
+
+
+def print_losses(results: dict[str, dict]) -> None:
+    """One line per actor whose source lost frames or time (decode errors, drops, outages)."""
+    from .source import describe_losses
+
+    for aid, r in results.items():
+        if said := describe_losses(r.get("source_stats") or {}):
+            print(f"{aid} source: {said}", flush=True)
 
 
 def print_failures(results: dict[str, dict]) -> None:

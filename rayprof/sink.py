@@ -14,6 +14,9 @@ under a hidden name (``.part-….parquet.tmp``) and renamed when complete; objec
 no rename, but a PUT is atomic, so the final key is written directly (each file is one small
 PUT: a batch holds at most a few thousand rows). The manifest starts with ``_`` so that
 ``pd.read_parquet(root)`` and ``pyarrow.dataset`` skip it (they ignore ``_``/``.`` names).
+A file that cannot be written (a full disk, a read-only folder) is an :class:`OutputError`
+that names it and the cause (``No space left on device (ENOSPC)``); its temporary file is
+removed, and every file written before stays complete and readable.
 
 Every path component that comes from a spec (run id, worker, actor, artifact names) is checked
 by :func:`safe_component`, so nothing is written outside the root. Credentials in a URI
@@ -23,7 +26,9 @@ printed or stored through ``source.mask_url``.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import posixpath
 import re
 import threading
@@ -104,8 +109,42 @@ def _run_path(base: str, run_id: str) -> str:
 # --------------------------------------------------------------------------- atomic files
 
 
+class OutputError(UserError, OSError):
+    """A file of the dataset could not be written (disk full, read-only, no permission, a
+    store refusing it): one line naming the file, the cause and the fix, like a
+    :class:`UserError`, but the run's failure rather than a mistake in its input (exit code 1).
+    Also an ``OSError``, so code that handles I/O errors (retries, probes) still does. What was
+    written before stays whole: every file is written atomically."""
+
+    exit_code = 1
+
+    def __reduce__(self):  # pickled whole (through Ray): the constructor takes four arguments
+        return type(self), (self.field, self.value, self.problem, self.fix)
+
+
+def output_error(path: str, e: OSError, kept: str = "") -> OutputError:
+    """``e``, raised writing ``path``, as an :class:`OutputError`: ``No space left on device
+    (ENOSPC)`` where the OS said why, else its first line (credentials masked). ``kept``: what
+    is left as it was, said after the cause."""
+    if e.errno in errno.errorcode:
+        cause = f"{os.strerror(e.errno)} ({errno.errorcode[e.errno]})"
+    else:
+        cause = mask_text(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    fix = ("free space there or choose another output (--output)" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "make it writable or choose another output (--output)")
+    return OutputError("output file", mask_url(path), f"cannot be written: {cause}{kept}", fix)
+
+
 def _put(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
-    """Store ``data`` at ``path`` so that readers see the whole file or none of it."""
+    """Store ``data`` at ``path`` so that readers see the whole file or none of it; a failure
+    is an :class:`OutputError` and leaves no partial or temporary file."""
+    try:
+        _put_atomic(fs, path, data)
+    except OSError as e:
+        raise output_error(path, e) from e
+
+
+def _put_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
     if fs.type_name in OBJECT_STORES:  # the object appears only when close() completes the upload
         with fs.open_output_stream(path) as out:
             out.write(data)
@@ -212,11 +251,25 @@ class DatasetWriter:
 
 
 def write_manifest(root: str | Path, run_id: str, manifest: dict) -> str:
-    """Write (or replace) the run's ``_manifest.json`` atomically; returns its path in the filesystem."""
+    """Write (or replace) the run's ``_manifest.json`` atomically; returns its path in the
+    filesystem. If it cannot be written, the :class:`OutputError` says which version is kept
+    (with no room even for the manifest, the last one written stays, e.g. one saying running)."""
     fs, base = open_root(root)
     path = posixpath.join(_run_path(base, run_id), MANIFEST)
-    _put(fs, path, (json.dumps(manifest, indent=2, default=str) + "\n").encode())
+    try:
+        _put_atomic(fs, path, (json.dumps(manifest, indent=2, default=str) + "\n").encode())
+    except OSError as e:
+        raise output_error(path, e, kept=_kept_manifest(fs, path)) from e
     return path
+
+
+def _kept_manifest(fs: pafs.FileSystem, path: str) -> str:
+    """``; the manifest written before is kept (status 'running')``, or ``''`` if there is none."""
+    try:
+        status = json.loads(_read(fs, path)).get("status")
+    except (OSError, ValueError):
+        return ""
+    return f"; the manifest written before is kept (status {status!r})"
 
 
 def read_manifest(root: str | Path, run_id: str) -> dict:

@@ -104,6 +104,23 @@ class VideoSource:
         return f"<{type(self).__name__} {self.display}>"
 
 
+def describe_losses(stats: dict) -> str:
+    """What a source's ``stats()`` say was lost, in words; ``''`` when nothing was: frames that
+    failed to decode, frames dropped behind a live source, reconnects and the time without frames."""
+    said = []
+    if n := stats.get("decode_errors"):
+        said.append(f"{n} frame(s) failed to decode (skipped)")
+    if n := stats.get("dropped"):
+        said.append(f"{n} frame(s) dropped (the worker fell behind the live source)")
+    if n := stats.get("reconnects"):
+        said.append(f"reconnected {n} time(s)")
+    if gap := stats.get("gap_s"):
+        said.append(f"{gap:.1f} s without frames (outages)")
+    if stats.get("stalled"):
+        said.append("the reader hung and was stopped")
+    return ", ".join(said)
+
+
 # --------------------------------------------------------------------------- URIs
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -351,6 +368,23 @@ def make_batch(frames: list[np.ndarray], ts: list[float], idx: list[int], droppe
 class FileSource(VideoSource):
     """A video file read with OpenCV's FFmpeg backend; ``loop`` reopens it at the end.
 
+    Damaged and truncated files are read as far as they can be:
+
+    - A damaged region is skipped and every frame in it that fails to decode counts once in
+      ``decode_errors``; the frames after it are read. This is what MP4/MOV files do (their index
+      hands every frame to the decoder, however long the damage). Matroska and AVI demuxers
+      resynchronise past damage without handing on what they skip: those frames are neither
+      read nor counted (the file just has fewer frames).
+    - A truncated file ends cleanly at its last readable frame, and the missing tail is not
+      counted (a frame cut in half may count once): only the container's frame count would
+      tell, and it is an estimate for many formats (144 for a 120-frame variable-rate MKV), so
+      counting from it would report losses in intact files.
+
+    A failed read short of the container's frame count is taken as damage (the count bounds
+    how far it is skipped, at about 15 us a read); past the count, or where the container gives
+    none, a packet that does not decode is damage (up to ``MAX_CONSECUTIVE_DECODE_ERRORS`` in a
+    row) and a failed read is the end.
+
     ``open_capture`` (for tests) returns a cv2.VideoCapture-like object or None.
     """
 
@@ -388,8 +422,8 @@ class FileSource(VideoSource):
     def _grab(self) -> np.ndarray | None:
         """The next decoded frame (BGR), or None at the end of the file (looping if asked).
 
-        A failed decode followed by a good frame counts in ``decode_errors``; failures at the
-        end of the file (up to the container's frame count, an estimate) are the end.
+        Failures followed by a good frame count in ``decode_errors``; failures with no good
+        frame after them are the end (see the class docstring).
         """
         while self._cap is not None:
             ok = self._cap.grab()
@@ -399,12 +433,8 @@ class FileSource(VideoSource):
                 self._pending_errors = 0
                 return frame
             self._pending_errors += 1
-            if self._pending_errors <= MAX_CONSECUTIVE_DECODE_ERRORS:
-                if ok:
-                    continue  # a packet was read but did not decode: try the next one
-                total = self._cap.get(_CAP_PROP_FRAME_COUNT)  # 0 when unknown
-                if self._pass_frames + self._pending_errors < total:
-                    continue  # short of the known length: a bad frame, not the end
+            if self._damaged(ok):
+                continue
             self._pending_errors = 0
             self._cap.release()
             self._cap = None
@@ -413,6 +443,14 @@ class FileSource(VideoSource):
                 self._pass_frames = 0
                 self._cap = self._open()
         return None
+
+    def _damaged(self, ok: bool) -> bool:
+        """After a grab that gave no frame (``ok``: a packet was read): True if it is damage to
+        skip, False if the file has ended."""
+        total = self._cap.get(_CAP_PROP_FRAME_COUNT)  # 0 when unknown
+        if self._pass_frames + self._pending_errors < total:
+            return True  # short of the container's count: a bad frame, not the end
+        return ok and self._pending_errors <= MAX_CONSECUTIVE_DECODE_ERRORS
 
     def read(self, n: int) -> FrameBatch | None:
         if n < 1:

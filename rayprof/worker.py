@@ -341,9 +341,10 @@ class StreamWorker:
             try:
                 self._flush()
                 self._emit.drain()  # every batch confirmed before run() returns
-            except Exception as e:  # the sink is gone: say so, keep the first error
+            except Exception as e:  # the sink is gone or the output full: say so, keep the first error
                 result.status = "failed"
-                result.error = result.error or f"flush failed: {type(e).__name__}: {e}"
+                said = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}".splitlines()[0]
+                result.error = result.error or f"flush failed: {said}"
             self.close()
         self._status = result.status
         result.steps, result.frames, result.rows_emitted = self._steps, self._frames, self._emit.rows

@@ -272,6 +272,7 @@ def _run(plans, run_id, root, manifest, t_submit: float, timings: dict, labels: 
     summary.print_summary(root, run_id, driver.worker_statuses(results, plans),
                          header=f"run {run_id}: {status} in {manifest.data['duration_s']:.1f} s "
                                 f"({len(plans)} actors; first step {first} after submit)", manifest=manifest)
+    driver.print_losses(results)
     driver.print_failures(results)
     return code
 
