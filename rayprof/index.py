@@ -93,32 +93,43 @@ def build(root, run_id: str) -> str:
     if batches.duplicated(["actor_id", "warmup"]).any():
         raise ValueError(f"run {run_id}: an actor's identity changes between its rows; the index needs it constant")
 
-    out = pa.BufferOutputStream()
-    meta = {"rayprof.index_version": VERSION, "rayprof.build_id": build_id}
-    with ipc.new_file(out, pa.schema([pa.field("value", pa.float64())], metadata=meta)) as writer:
-        for s in stages:
-            batches[f"{s}_off"] = np.concatenate([[0], np.cumsum(batches[f"{s}_n"].to_numpy())[:-1]]).astype("int64")
-            # sorted by actor and warm-up in the order of ``batches``, each stretch by value
-            values = ds.con.sql(f"""SELECT {s}_ms FROM batches WHERE {s}_ms IS NOT NULL
-                ORDER BY actor_id, warmup, {s}_ms""").arrow().read_all().column(0).combine_chunks()
-            if len(values) != batches[f"{s}_n"].sum():
-                raise ValueError(f"run {run_id}: {s}_ms changed while the index was built")
-            writer.write_batch(pa.record_batch([values], names=["value"]))
-    sink._put(fs, posixpath.join(folder, "values.arrow"), out.getvalue())
+    try:
+        out = pa.BufferOutputStream()
+        meta = {"rayprof.index_version": VERSION, "rayprof.build_id": build_id}
+        with ipc.new_file(out, pa.schema([pa.field("value", pa.float64())], metadata=meta)) as writer:
+            for s in stages:
+                batches[f"{s}_off"] = np.concatenate([[0], np.cumsum(batches[f"{s}_n"].to_numpy())[:-1]]).astype("int64")
+                # sorted by actor and warm-up in the order of ``batches``, each stretch by value
+                values = ds.con.sql(f"""SELECT {s}_ms FROM batches WHERE {s}_ms IS NOT NULL
+                    ORDER BY actor_id, warmup, {s}_ms""").arrow().read_all().column(0).combine_chunks()
+                if len(values) != batches[f"{s}_n"].sum():
+                    raise ValueError(f"run {run_id}: {s}_ms changed while the index was built")
+                writer.write_batch(pa.record_batch([values], names=["value"]))
+        sink._put(fs, posixpath.join(folder, "values.arrow"), out.getvalue())
 
-    ends = batches.groupby("actor_id", as_index=False)["s_max"].max()
-    ds.con.register("_ends", ends)
-    tail = ds.con.sql(f"""SELECT b.actor_id, b.step, b.warmup, b.frames, epoch_ns(b.t_start) AS t0,
-            {_END_NS} AS t1, total_ms
-        FROM batches AS b JOIN _ends AS e ON b.actor_id = e.actor_id
-        WHERE b.step > e.s_max - {TAIL_STEPS} ORDER BY b.actor_id, b.step""").arrow().read_all()
-    _write_arrow(fs, posixpath.join(folder, "tail.arrow"), tail, meta)
-    _write_arrow(fs, posixpath.join(folder, "catalogue.arrow"), pa.Table.from_pandas(ds.actors), meta)
-    covered = [[i.path[len(run_path):].lstrip("/"), i.size] for i in infos]
-    table = pa.Table.from_pandas(batches, preserve_index=False)
-    _write_arrow(fs, posixpath.join(folder, "batches.arrow"), table,  # last: the index is whole once it is there
-                   {**meta, "rayprof.files": json.dumps(covered), "rayprof.stages": json.dumps(stages)})
+        ends = batches.groupby("actor_id", as_index=False)["s_max"].max()
+        ds.con.register("_ends", ends)
+        tail = ds.con.sql(f"""SELECT b.actor_id, b.step, b.warmup, b.frames, epoch_ns(b.t_start) AS t0,
+                {_END_NS} AS t1, total_ms
+            FROM batches AS b JOIN _ends AS e ON b.actor_id = e.actor_id
+            WHERE b.step > e.s_max - {TAIL_STEPS} ORDER BY b.actor_id, b.step""").arrow().read_all()
+        _write_arrow(fs, posixpath.join(folder, "tail.arrow"), tail, meta)
+        _write_arrow(fs, posixpath.join(folder, "catalogue.arrow"), pa.Table.from_pandas(ds.actors), meta)
+        covered = [[i.path[len(run_path):].lstrip("/"), i.size] for i in infos]
+        table = pa.Table.from_pandas(batches, preserve_index=False)
+        _write_arrow(fs, posixpath.join(folder, "batches.arrow"), table,  # last: the index is whole once it is there
+                       {**meta, "rayprof.files": json.dumps(covered), "rayprof.stages": json.dumps(stages)})
+    except BaseException:  # a full disk, a stop request: no half-built index is left behind
+        _delete_dir_quietly(fs, folder)
+        raise
     return folder
+
+
+def _delete_dir_quietly(fs: pafs.FileSystem, folder: str) -> None:
+    try:
+        fs.delete_dir(folder)
+    except OSError:  # never created, or the store refuses: a stale index is ignored anyway
+        pass
 
 
 def load(fs: pafs.FileSystem, base: str, run_id: str, infos: Sequence[pafs.FileInfo]) -> RunIndex | None:

@@ -203,6 +203,7 @@ def test_a_full_output_disk_fails_cleanly_and_keeps_what_was_written(tmpfs_or_sk
     run = only_run(kept / "runs")
     files = [p for p in run.rglob("*") if p.is_file()]
     assert not [p for p in files if p.name.startswith(".")]  # no temporary file left behind
+    assert not (run / "_index").exists()  # nor a half-built index
     parts = sorted(p for p in files if p.suffix == ".parquet" and p.parent.name.startswith("worker="))
     assert parts and all(pq.read_table(p).num_rows > 0 for p in parts)  # each complete
     df = pd.read_parquet(run)
