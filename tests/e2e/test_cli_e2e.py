@@ -215,6 +215,13 @@ def test_a_signal_at_start_up_or_in_the_final_flush_stops_a_run_cleanly(moment, 
     assert_stopped_cleanly(res, sig, tmp_path, moment)
 
 
+def test_a_second_ctrl_c_aborts_in_one_line(tmp_path):
+    res = signalled_at("startup", "SIGINT+SIGINT", "run", "--model-name", "mobilenet_v3_small", "--input_path",
+                       "synthetic", "--max-steps", "3", "--warmup-steps", "1", "--output", str(tmp_path))
+    assert res.returncode == 1 and "Traceback" not in res.stderr + res.stdout
+    assert res.stderr.strip().splitlines()[-1].startswith("error: aborted; the dataset keeps what was flushed")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("moment, sig", [("startup", "SIGINT"), ("finish", "SIGTERM")])
 def test_a_signal_at_start_up_or_in_the_final_flush_stops_a_fleet_cleanly(moment, sig, tmp_path):

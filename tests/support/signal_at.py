@@ -1,6 +1,6 @@
 """``python -m tests.support.signal_at MOMENT SIGNAL ARGS…``: the ``rayprof`` command with ARGS,
-in this process, sending itself SIGNAL (``SIGINT``, ``SIGTERM``) at a moment too short to aim
-at from outside:
+in this process, sending itself SIGNAL (``SIGINT``, ``SIGTERM``, or several joined by ``+``, one
+after another) at a moment too short to aim at from outside:
 
 - ``startup``: at the pre-flight checks (``rayprof run``: before the worker exists; ``rayprof
   submit``: on the checks' thread, while the embedded Ray starts);
@@ -26,7 +26,8 @@ def main() -> None:
     real = getattr(module, attr)
 
     def signalled(*a, **kw):
-        os.kill(os.getpid(), getattr(signal, name))
+        for sig in name.split("+"):
+            os.kill(os.getpid(), getattr(signal, sig))
         return real(*a, **kw)
 
     setattr(module, attr, signalled)
