@@ -117,8 +117,10 @@ def test_a_damaged_and_truncated_mp4_is_read_past_the_damage_to_its_last_readabl
     assert stats["frames"] > before_damage  # including those after the damage
     damage = intact - stats["frames"]
     assert damage > MAX_CONSECUTIVE_DECODE_ERRORS  # one long damaged region, read past
-    assert intact < FRAMES and stats["decode_errors"] == damage  # each damaged frame counted, the missing tail not
-    assert f"source: {damage} frame(s) failed to decode (skipped)" in res.stdout
+    # each damaged frame counted, the missing tail not (ffmpeg's own count of the cut file's last,
+    # half-written frames varies by a few from run to run: 71-73 frames here)
+    assert intact < FRAMES and abs(stats["decode_errors"] - damage) <= 3
+    assert f"source: {stats['decode_errors']} frame(s) failed to decode (skipped)" in res.stdout
 
 
 CONTAINERS = {  # name: ffmpeg output options (None: the OpenCV-written MP4 itself)
