@@ -94,20 +94,22 @@ def _typed(args: list[str], flags: list[str]) -> tuple[str, str] | None:
     return None
 
 
-class _Command(click.Command):
+class _OneLine:
+    """A click command whose command-line mistakes are one line (:func:`_one_line`)."""
+
     def make_context(self, info_name, args, parent=None, **extra):
         with _one_line(info_name, list(args), parent):
             return super().make_context(info_name, args, parent, **extra)
 
 
-class _Group(click.Group):
+class _Command(_OneLine, click.Command):
+    pass
+
+
+class _Group(_OneLine, click.Group):
     """``rayprof``: every subcommand's command-line mistakes are one line, and so is an unknown command."""
 
     command_class = _Command
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        with _one_line(info_name, list(args), parent):
-            return super().make_context(info_name, args, parent, **extra)
 
     def resolve_command(self, ctx, args):
         name = args[0] if args else ""

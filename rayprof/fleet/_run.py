@@ -126,15 +126,11 @@ def _submit(spec: FleetSpec, address: str | None, resume: str | None, embedded: 
     run_id = driver.resume_id(spec.output, resume, spec) if resume else make_run_id(spec.run)
     spec = driver.resolve_splits(spec)  # split: all → the model's points
     root = resolve_root(spec.output)
-    with _ray_logs_held() as ray_logs:  # a mistake found on the cluster is one line too: no Ray start-up log
+    with _ray_logs_held():  # a mistake found while Ray starts or on the cluster stays one line
         started = _connect_checking(address, spec, run_id, embedded)
         signals.install()  # Ray's own SIGTERM handler would end the process without a word
         timings = {"submitted_at": driver.iso(t_submit), "ray_ready_s": _since(t_submit)}
-        try:
-            plans, labels, facts = _plan(spec, run_id, embedded=started, checked=embedded)
-        except UserError:
-            ray_logs.buffer.clear()
-            raise
+        plans, labels, facts = _plan(spec, run_id, embedded=started, checked=embedded)
     sink = RunSink(resolve_mode(spec), root, run_id,  # direct: every actor's node must see the output
                    probe=nodes_to_probe(plans, labels, ray.get_runtime_context().get_node_id()))
     done = driver.resumed(root, run_id, plans) if resume else None
@@ -159,18 +155,17 @@ def _local_checks(spec: FleetSpec, run_id: str) -> None:
 def _connect_checking(address: str | None, spec: FleetSpec, run_id: str, embedded: bool) -> bool:
     """:func:`connect`; for an embedded Ray the local checks run meanwhile, on a thread: most of
     their time is importing torch and torchvision, which overlaps the seconds Ray takes to start
-    its processes. A failed check is raised as if it had run first: alone (Ray's start-up log is
-    dropped), and with the new Ray shut down."""
+    its processes. A failed check is raised as if it had run first, with the new Ray shut down
+    (the caller holds Ray's start-up log: :func:`_ray_logs_held`)."""
     if not embedded:
         return connect(address, spec)
-    with _ray_logs_held() as ray_logs, ThreadPoolExecutor(1, thread_name_prefix="rayprof-checks") as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix="rayprof-checks") as pool:
         checks = pool.submit(_local_checks, spec, run_id)
         try:
             started = connect(address, spec)
         finally:
             if checks.exception() is not None:  # waits for the checks
                 ray.shutdown()
-                ray_logs.buffer.clear()
                 checks.result()  # raises the check's error, before any of connect's
     return started
 
@@ -178,12 +173,15 @@ def _connect_checking(address: str | None, spec: FleetSpec, run_id: str, embedde
 @contextmanager
 def _ray_logs_held():
     """Hold back the ``ray`` logger's records (Ray's start-up warnings) in the block, then show
-    them; the caller may empty the yielded handler's ``buffer`` to drop them."""
+    them; a UserError out of the block drops them, so that the mistake is said in one line."""
     ray_logger = logging.getLogger("ray")
     held = BufferingHandler(capacity=10_000)
     handlers, ray_logger.handlers = ray_logger.handlers, [held]
     try:
-        yield held
+        yield
+    except UserError:
+        held.buffer.clear()
+        raise
     finally:
         ray_logger.handlers = handlers
         for record in held.buffer:
@@ -259,8 +257,6 @@ def _run(plans, run_id, root, manifest, t_submit: float, timings: dict, labels: 
         con.print(f"{resends} batch(es) of rows were sent to the sink again"
                   + (" after it restarted" if sink_stats.get("sink_restarted") else "") + "; each is stored once")
     status, code = driver.run_status(results.values())
-    if stopping.requested and status == "completed":
-        status, code = "stopped", driver.EXIT_FAILED
     firsts = {} if done else driver.first_steps(root, run_id, t_submit)  # resumed: some rows predate this submit
     for aid, first_s in firsts.items():
         manifest.actor(aid, first_step_s=round(first_s, 3))

@@ -1,7 +1,6 @@
 """A three-node cluster on one machine (``ray.cluster_utils.Cluster``): placement by custom
 resources, node and spread; rows from every node in one dataset; a node lost mid-run."""
 
-import socket
 import threading
 import time
 
@@ -14,15 +13,11 @@ from rayprof import fleet  # noqa: E402
 from rayprof.errors import UserError  # noqa: E402
 from rayprof.sink import read_manifest, read_table  # noqa: E402
 
+from tests.support.media import free_port  # noqa: E402
+
 from .test_fleet import only_run, spec_for  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def submit_until(spec, root, pattern: str, never: str) -> tuple[threading.Thread, dict]:
@@ -42,7 +37,7 @@ def submit_until(spec, root, pattern: str, never: str) -> tuple[threading.Thread
 def cluster():
     """Head (node0) + node1 + node2, one CPU each, each with a custom resource naming it."""
     c = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 1, "resources": {"node0": 1}, "gcs_server_port": _free_port(), "include_dashboard": False})
+        "num_cpus": 1, "resources": {"node0": 1}, "gcs_server_port": free_port(), "include_dashboard": False})
     nodes = [c.head_node] + [c.add_node(num_cpus=1, resources={f"node{k}": 1}) for k in (1, 2)]
     c.wait_for_nodes()
     ray.init(address=c.address, logging_level="WARNING")
