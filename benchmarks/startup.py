@@ -49,7 +49,7 @@ workers:
   - {name: resnet18-b8, model: resnet18, batch_size: 8}
 """
 #: what each process of the tree is, by its command line (first match wins)
-KINDS = [("ray::SinkActor", "sink actor"), ("ray::Graceful", "worker actors"), ("default_worker", "worker actors"),
+KINDS = [("ray::SinkActor", "sink actor"), ("ray::WorkerActor", "worker actors"), ("ray::TailActor", "worker actors"), ("default_worker", "worker actors"),
          ("ray::IDLE", "worker actors"), ("rayprof.cli", "driver (rayprof submit)"), ("", "Ray's own processes")]
 KIND_NAMES = list(dict.fromkeys(name for _, name in KINDS))
 TORCH_PIECE = "`import torch, torchvision` (every worker actor)"
@@ -238,14 +238,15 @@ def report(results: dict[str, list[dict]], pieces: dict[str, float], args) -> st
     lines += [f"| {name} | {c:.2f} |" for name, c in pieces.items()]
     stack = pieces[TORCH_PIECE]
     lines += ["", f"Where the time goes. Every worker actor is a new Python process that imports PyTorch and "
-              f"torchvision ({stack:.1f} CPU-s here; torchvision alone pulls in `torch._dynamo`), the driver imports "
-              "them as well for its checks (model names, devices), and Ray starts its own processes (GCS, raylet, "
-              "dashboard, agents, monitors) before anything runs. rayprof runs the driver's checks while Ray starts, "
-              "asks for every actor at once, and builds models with `weights=None` in well under a second (above). "
-              f"What remains is CPU work: on {cores} cores the CPU-seconds above, divided by {cores}, bound the "
-              "first step from below, and on a shared machine other jobs take their part of the cores too. With "
-              "a core per actor the actors' imports run side by side, and the first step comes after Ray's start, "
-              "one actor's imports and its setup.", ""]
+              f"torchvision ({stack:.1f} CPU-s here; torchvision alone pulls in `torch._dynamo`), and Ray starts its "
+              "own processes (GCS, raylet, agents, monitors) before anything runs. The driver imports neither torch "
+              "nor torchvision: its checks read torchvision's model list from the cache folder (written by the first "
+              "check on a machine, like the sample video; both exist before the first run here), it runs them while "
+              "Ray starts, asks for every actor at once, and the actors build their models with `weights=None` in "
+              "well under a second (above). So the first step waits for, one after the other: Ray's start, an "
+              "actor's process and its imports, its setup. On a shared machine other jobs take their part of the "
+              f"cores too; on {cores} cores the CPU-seconds above, divided by {cores}, bound the first step from "
+              "below. With a core per actor the actors' imports run side by side.", ""]
     return "\n".join(lines)
 
 
@@ -255,8 +256,9 @@ def main() -> None:
     ap.add_argument("--jobs", default="fleet,one", help="fleet, one, or both (comma-separated)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    subprocess.run([sys.executable, "-c", "from rayprof.samples import ensure_sample; ensure_sample()"],
-                   cwd=ROOT, env=env(), check=True)
+    subprocess.run([sys.executable, "-c", "from rayprof.samples import ensure_sample; ensure_sample(); "
+                    "from rayprof.checks import classification_models; classification_models()"],
+                   cwd=ROOT, env=env(), check=True)  # what a machine's first run makes once
     with tempfile.TemporaryDirectory(prefix="rayprof-startup-bench-") as tmp:
         one = Path(tmp) / "one.yaml"
         one.write_text(ONE_ACTOR)

@@ -290,7 +290,7 @@ RUN_FLAGS = {
 @_user_errors
 def models(pattern: str | None) -> int:
     """List the torchvision classification models rayprof can load."""
-    from .model import classification_models
+    from .checks import classification_models  # torchvision's list, kept per version: no torch import
 
     names = [n for n in classification_models() if not pattern or pattern in n]
     click.echo("\n".join(names))

@@ -58,14 +58,15 @@ def preflight(spec: FleetSpec, *, local: bool = True) -> None:
 
 
 def _check_worker(f: str, w, local: bool) -> None:
-    from .model import ModelRunner, check_device, check_model, is_local_path
-    from .prep import check_prep
+    from .checks import check_device, check_model, check_prep, is_local_path  # no torch: see checks
     from .samples import resolve_uri
     from .source import SourceSettings, check_source
 
     check_model(w.model.name, w.model.weights, field_prefix=f"{f}.model", mode=w.mode,
                 compile=w.model.compile, num_classes=w.model.num_classes)
     if local and w.model.weights and is_local_path(w.model.weights):  # load it once: wrong files fail here
+        from .model import ModelRunner
+
         ModelRunner(w.model.name, mode=w.mode, device="cpu", weights=w.model.weights,
                     num_classes=w.model.num_classes, field_prefix=f"{f}.model")
     check_prep(w.prep.level, w.prep.device if local and w.prep.device != "auto" else "cpu", field=f"{f}.prep.level")
@@ -80,12 +81,13 @@ def _check_worker(f: str, w, local: bool) -> None:
 def _check_split(f: str, w, local: bool) -> None:
     """Every split point of the worker cuts its model (a retrain tail must hold the classifier);
     the head's device exists here."""
-    from .model import build_model, check_device
+    from .checks import check_device
     from .spec import ALL_POINTS, split_points_of
 
     points = [p for p in split_points_of(w) if p and p != ALL_POINTS]
     if not points:
         return
+    from .model import build_model
     from .pair import cut_model
 
     model = build_model(w.model.name, mode=w.mode, num_classes=w.model.num_classes)  # the structure is enough
@@ -155,10 +157,9 @@ def resumed(root: str | os.PathLike, run_id: str, plans: list[WorkerPlan]) -> di
 def local_plans(spec: FleetSpec, run_id: str) -> list[WorkerPlan]:
     """Plans for actors that run on this machine."""
     from . import affinity
+    from .checks import gpu_count
 
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = gpu_count()
     return plan_fleet(spec, run_id, cores_available=affinity.available_cores(), cuda_available=gpus > 0,
                       gpus=float(gpus))
 

@@ -20,152 +20,26 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
 import torch
 import torchvision
 from torch import nn
 
-from .errors import UserError, did_you_mean
+from .checks import MODES, check_device, check_model, check_weights_member, classification_models, is_local_path
+from .errors import UserError
 from .markers import mark
 
 __all__ = ["MODES", "ModelInfo", "ModelRunner", "check_device", "check_model", "classification_models",
            "find_head", "is_local_path", "replace_head", "resolve_device"]
 
-MODES = ("inference", "retrain")
-_WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
 _CPU_FIX = "run on the CPU instead (device: cpu; drop --infer-on-gpu)"
-
-
-# -- registry and validation -----------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def _classification_models() -> tuple[str, ...]:
-    return tuple(torchvision.models.list_models(module=torchvision.models))
-
-
-def classification_models() -> list[str]:
-    """Names of torchvision's classification models (``rayprof models`` lists them).
-
-    ``list_models(module=torchvision.models)`` keeps only the top-level module, which excludes the
-    detection, segmentation, video, optical-flow and quantized families.
-    """
-    return list(_classification_models())
-
-
-def is_local_path(weights: str) -> bool:
-    """True for a weights value that names a file rather than a torchvision enum member."""
-    return "/" in weights or os.sep in weights or weights.lower().endswith(_WEIGHT_SUFFIXES)
 
 
 def weights_enum_member(name: str, weights: str, field: str, alternatives: str = "a local .pt/.pth file, or none"):
     """The torchvision weights enum member ``weights`` names for model ``name`` (``IMAGENET1K_V2``
     or ``ResNet50_Weights.IMAGENET1K_V2``), found without downloading; else a UserError."""
-    enum = torchvision.models.get_model_weights(name)
-    members = list(enum.__members__)
-    fix = f"use one of {', '.join(members)} (or {alternatives})"
-    member = weights
-    if "." in weights:
-        cls_name, member = weights.split(".", 1)
-        if cls_name != enum.__name__:
-            raise UserError(field, weights, f"{cls_name} are not weights for {name}", fix)
-    if member not in enum.__members__:
-        raise UserError(
-            field,
-            weights,
-            f"no such weights for {name}" + did_you_mean(member, members),
-            fix,
-        )
-    return enum[member]
-
-
-def check_model(
-    name: str,
-    weights: str | None,
-    field_prefix: str = "model",
-    *,
-    mode: str = "inference",
-    compile: bool = False,
-    num_classes: int | None = None,
-) -> None:
-    """Raise :class:`UserError` for an unknown model name or weights that cannot be used.
-
-    ``weights`` may be ``None``/``"none"`` (random values), a torchvision weights enum member
-    (``IMAGENET1K_V2`` or ``ResNet50_Weights.IMAGENET1K_V2``; checked without downloading) or a
-    local file (anything with a path separator or a .pt/.pth/.safetensors suffix; must exist).
-    The keyword options check the rest of a model block the way :class:`ModelRunner` will:
-    an unknown ``mode``, ``compile`` outside inference, a bad ``num_classes``, and pretrained
-    enum weights asked to infer with a class count they do not have.
-    """
-    if mode not in MODES:  # mode sits beside the model block: workers[0].mode
-        base = field_prefix[: -len("model")].rstrip(".") if field_prefix.endswith("model") else field_prefix
-        raise UserError(f"{base}.mode" if base else "mode", mode,
-                        "unknown mode" + did_you_mean(str(mode), MODES), "use inference or retrain")
-    if compile and mode != "inference":
-        raise UserError(f"{field_prefix}.compile", compile, "torch.compile applies to inference only",
-                        "set compile: false (drop --enable-compile) for retrain")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 1):
-        raise UserError(f"{field_prefix}.num_classes", num_classes, "not a positive integer",
-                        "use the number of classes to fine-tune for, e.g. 10")
-    models = _classification_models()
-    if name not in models:
-        raise UserError(
-            f"{field_prefix}.name",
-            name,
-            "not a torchvision classification model" + did_you_mean(str(name), models),
-            "`rayprof models` lists the names",
-        )
-    if weights is None or str(weights).lower() == "none":
-        return
-    field = f"{field_prefix}.weights"
-    weights = str(weights)
-    if is_local_path(weights):
-        path = os.path.expanduser(weights)
-        if not os.path.isfile(path):
-            raise UserError(
-                field,
-                weights,
-                "no such weights file",
-                "point it at a local state dict (.pt/.pth/.safetensors) or use none",
-            )
-        if path.endswith(".safetensors"):
-            try:
-                import safetensors.torch  # noqa: F401
-            except ImportError:
-                raise UserError(
-                    field, weights, "loading .safetensors needs the safetensors package",
-                    "pip install safetensors, or save the state dict with torch.save as .pt",
-                ) from None
-        return
-    member = weights_enum_member(name, weights, field)
-    classes = len(member.meta.get("categories") or [])
-    if mode == "inference" and num_classes is not None and classes and num_classes != classes:
-        raise UserError(f"{field_prefix}.num_classes", num_classes, f"{weights} weights have {classes} classes",
-                        "drop num_classes, use weights: none or a local file, or mode: retrain")
-
-
-def check_device(device: str, field: str, fix: str | None = None) -> None:
-    """Raise :class:`UserError` unless ``device`` (cpu, cuda, cuda:N, auto) is usable here."""
-    text = str(device).strip().lower()
-    if text in ("cpu", "auto"):
-        return
-    fix = fix or _CPU_FIX
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type != "cuda":
-        raise UserError(field, device, "not a device", "use cpu, cuda, cuda:N or auto")
-    if not torch.cuda.is_available():
-        raise UserError(field, device, "no CUDA GPU is available on this machine", fix)
-    count = torch.cuda.device_count()
-    if dev.index is not None and dev.index >= count:
-        raise UserError(
-            field, device, f"this machine has {count} GPU(s) (cuda:0..cuda:{count - 1})",
-            f"use cuda:0..cuda:{count - 1}, or {fix}",
-        )
+    member, _ = check_weights_member(name, weights, field, alternatives)
+    return torchvision.models.get_model_weights(name)[member]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

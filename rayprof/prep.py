@@ -23,11 +23,14 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from .errors import UserError, did_you_mean
+from .checks import PREP_LEVELS, check_prep
+from .checks import check_prep_level as _check_level
+from .checks import prep_fields as _fields
+from .errors import UserError
 
 __all__ = ["LEVELS", "MEAN", "STD", "describe", "check_prep", "Preprocessor"]
 
-LEVELS = ("simple", "medium", "complex")
+LEVELS = PREP_LEVELS
 
 #: ImageNet channel statistics (RGB), applied after scaling to [0, 1].
 MEAN = (0.485, 0.456, 0.406)
@@ -74,39 +77,6 @@ def describe(level: str, size: int = 224) -> list[str]:
         common_tail[1],
         "random parameters: one draw per batch from a torch.Generator seeded with prep seed",
     ]
-
-
-def _check_level(level: object, field: str) -> None:
-    if level not in LEVELS:
-        raise UserError(
-            field,
-            level,
-            "unknown preprocessing level" + did_you_mean(str(level), LEVELS),
-            "use one of " + ", ".join(LEVELS),
-        )
-
-
-def _fields(field: str) -> tuple[str, str, str]:
-    """(level, device, size) field names from ``"….prep.level"`` or the prefix ``"….prep"``."""
-    base = field[: -len(".level")] if field.endswith(".level") else field
-    return f"{base}.level", f"{base}.device", f"{base}.size"
-
-
-def check_prep(level: str, device: str | torch.device = "cpu", field: str = "prep.level") -> None:
-    """Raise :class:`UserError` for an unknown level or an unusable device.
-
-    ``field`` names the level (``workers[0].prep.level``) or the prep block (``workers[0].prep``);
-    errors are reported under ``….prep.level`` and ``….prep.device``.
-    """
-    from .model import check_device  # one device rule for prep and model
-
-    level_field, device_field, _ = _fields(field)
-    _check_level(level, level_field)
-    check_device(
-        str(device),
-        device_field,
-        fix="run preprocessing on the CPU: set prep.device: cpu (or drop --prep-on-gpu)",
-    )
 
 
 class Preprocessor:

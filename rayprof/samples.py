@@ -11,9 +11,14 @@ from pathlib import Path
 SAMPLE_URI = "sample"
 
 
+def cache_dir() -> Path:
+    """Where rayprof keeps what it makes once per machine (the sample video, torchvision's
+    model list): ``$RAYPROF_CACHE``, else ``~/.cache/rayprof``."""
+    return Path(os.environ.get("RAYPROF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rayprof"))
+
+
 def sample_path() -> Path:
-    base = os.environ.get("RAYPROF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rayprof")
-    return Path(base) / "sample-640x360-30fps-10s.mp4"
+    return cache_dir() / "sample-640x360-30fps-10s.mp4"
 
 
 def ensure_sample() -> Path:

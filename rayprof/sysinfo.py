@@ -56,12 +56,15 @@ def _nvidia_driver() -> str | None:
 
 
 def gpu_info() -> list[dict]:
+    from .checks import gpu_count
+
     try:
-        import torch
+        if gpu_count() == 0:  # without torch where there can be no GPU
+            return []
     except ImportError:
         return []
-    if not torch.cuda.is_available():
-        return []
+    import torch
+
     gpus = []
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
@@ -72,12 +75,8 @@ def gpu_info() -> list[dict]:
 
 def host_info() -> dict:
     """What this machine is: enough to tell two runs' hardware apart."""
-    try:
-        import torch
+    from .checks import torch_version_attr
 
-        cuda = torch.version.cuda
-    except ImportError:
-        cuda = None
     try:
         affinity = sorted(os.sched_getaffinity(0))
     except AttributeError:
@@ -93,6 +92,6 @@ def host_info() -> dict:
         "memory_gib": _memory_gib(),
         "gpus": gpu_info(),
         "nvidia_driver": _nvidia_driver(),
-        "cuda": cuda,
+        "cuda": torch_version_attr("cuda"),  # the CUDA torch was built for
         "libraries": library_versions(),
     }

@@ -12,7 +12,7 @@ process exits, into the node's ``<Ray session>/logs/nsight/`` folder (Ray's own
    asked (a zero-CPU task pinned there) for ``nsys --version``: a node without it is a
    :class:`UserError`, not an actor that fails in its runtime-environment setup.
 3. :func:`collect_reports` — after the run the profiled actors exit gracefully
-   (:meth:`GracefulWorker.exit`; ``ray.kill`` would kill nsys's target before it could write a
+   (:meth:`~rayprof.fleet._actors.WorkerActor.exit`; ``ray.kill`` would kill nsys's target before it could write a
    report), a task on each of their nodes waits up to ``wait_s`` for the reports to be complete
    and returns their bytes, and the driver stores them as ``run=<id>/_profiles/nsys/<actor>.nsys-rep``.
    A report that does not come is one line on stderr and ``nsys_missing`` in the manifest.
@@ -33,7 +33,6 @@ from ..errors import UserError
 from ..plan import WorkerPlan
 from ..sink import PROFILES, DatasetWriter, run_dir
 from ..source import mask_url
-from ..worker import StreamWorker
 from ._nodes import INVENTORY_TIMEOUT_S, run_on_nodes
 
 KIND = "nsys"
@@ -45,15 +44,6 @@ _PLAIN = re.compile(r"^[^\s'\"\\;&|<>$`(){}]*$")
 VERSION_TIMEOUT_S = 30.0
 EXIT_TIMEOUT_S = 30.0
 POLL_S = 1.0
-
-
-class GracefulWorker(StreamWorker):
-    """The engine as a Ray actor, with a way to end its process cleanly."""
-
-    def exit(self) -> None:
-        """End this actor's process normally (atexit handlers run, a process wrapper such as
-        nsys sees its target exit and writes its report); the caller sees the actor's death."""
-        ray.actor.exit_actor()
 
 
 # --------------------------------------------------------------------------- options

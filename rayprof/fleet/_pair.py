@@ -13,16 +13,6 @@ from __future__ import annotations
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from ..pair import Handoff, TailWorker
-from ._nsight import GracefulWorker
-
-
-class GracefulTail(TailWorker):
-    """The tail as a Ray actor, with the clean exit nsys needs (see ``GracefulWorker``)."""
-
-    exit = GracefulWorker.exit
-
-
 def fetch(ref):
     """The tail's ``fetch``: the activation behind an ``ObjectRef``."""
     return ray.get(ref)
@@ -40,7 +30,7 @@ class RayLink:
     def put(self, activation):
         return ray.put(activation)
 
-    def push(self, handoff: Handoff):
+    def push(self, handoff):  # a rayprof.pair.Handoff
         return self.tail.push.remote(handoff)
 
     def wait(self, future) -> None:

@@ -5,10 +5,11 @@ inventory and placement (``rayprof.placement``) → the sink (an actor on the dr
 direct writes) → one ``StreamWorker`` actor per plan, pinned to its node → live progress →
 results, failures, profiler traces and the manifest → an exit code.
 
-Start-up is what a user waits for before the first step. The engine's modules (torch,
-torchvision: seconds to import) are imported by the functions that use them, not with this
-module: for an embedded Ray the local checks import them first, on a thread, while Ray starts
-its processes (:func:`_connect_checking`). ``manifest.timings`` records the start-up in seconds
+Start-up is what a user waits for before the first step. The driver does not import torch or
+torchvision (seconds of CPU each): its checks need neither (:mod:`rayprof.checks`), the actor
+classes import the engine in the actors' processes (:mod:`._actors`), and for an embedded Ray
+the local checks (files, sources, the placement) run on a thread while Ray starts its
+processes (:func:`_connect_checking`). ``manifest.timings`` records the start-up in seconds
 since :func:`submit` was called: Ray ready, actors created, first step (the earliest ``t_start``;
 each actor's own is its ``first_step_s``).
 """
@@ -153,9 +154,9 @@ def _local_checks(spec: FleetSpec, run_id: str) -> None:
 
 
 def _connect_checking(address: str | None, spec: FleetSpec, run_id: str, embedded: bool) -> bool:
-    """:func:`connect`; for an embedded Ray the local checks run meanwhile, on a thread: most of
-    their time is importing torch and torchvision, which overlaps the seconds Ray takes to start
-    its processes. A failed check is raised as if it had run first, with the new Ray shut down
+    """:func:`connect`; for an embedded Ray the local checks run meanwhile, on a thread, in the
+    seconds Ray takes to start its processes (opening the sources, and torch where a split or a
+    weights file is checked). A failed check is raised as if it had run first, with the new Ray shut down
     (the caller holds Ray's start-up log: :func:`_ray_logs_held`)."""
     if not embedded:
         return connect(address, spec)
@@ -194,9 +195,10 @@ def _since(t0: float) -> float:
 
 def _start(plans: list[WorkerPlan], run_id: str, sink: RunSink) -> dict:
     """One actor per plan; a split pair's tail first, so its head can be given the way to it."""
-    from . import _nsight, _pair
+    from . import _pair
+    from ._actors import TailActor, WorkerActor
 
-    Worker, Tail = ray.remote(_nsight.GracefulWorker), ray.remote(_pair.GracefulTail)
+    Worker, Tail = ray.remote(WorkerActor), ray.remote(TailActor)
     actors = {}
     for p in sorted(plans, key=lambda p: p.role != "tail"):
         opts = _actor_options(p, run_id)
@@ -309,7 +311,7 @@ def _watch(plans, actors, results, finish_actor, view, stopping: _Stopping) -> N
             for ref in ready:
                 aid = pending.pop(ref)
                 try:
-                    finish_actor(aid, ray.get(ref).to_dict())
+                    finish_actor(aid, ray.get(ref))
                 except RayError as e:
                     finish_actor(aid, {"status": "failed", "ended_by": "error", "error": _error_text(e)})
                 if by_id[aid].role == "head" and by_id[aid].peer not in results:
