@@ -49,7 +49,8 @@ workers:
   - {name: resnet18-b8, model: resnet18, batch_size: 8}
 """
 #: what each process of the tree is, by its command line (first match wins)
-KINDS = [("ray::SinkActor", "sink actor"), ("ray::WorkerActor", "worker actors"), ("ray::TailActor", "worker actors"), ("default_worker", "worker actors"),
+KINDS = [("ray::SinkActor", "sink actor"), ("ray::WorkerActor", "worker actors"), ("ray::TailActor", "worker actors"),
+         ("ray::Graceful", "worker actors"),  # their class's name before 0.1.0's torch-free driver (--baseline) ("default_worker", "worker actors"),
          ("ray::IDLE", "worker actors"), ("rayprof.cli", "driver (rayprof submit)"), ("", "Ray's own processes")]
 KIND_NAMES = list(dict.fromkeys(name for _, name in KINDS))
 TORCH_PIECE = "`import torch, torchvision` (every worker actor)"
@@ -72,8 +73,8 @@ def med(values) -> float:
     return statistics.median(values)
 
 
-def env() -> dict:
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+def env(root: Path = ROOT) -> dict:
+    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
 
 
@@ -130,11 +131,11 @@ def cpu_by_kind(samples: list[tuple[float, dict]], until: float) -> dict[str, fl
 # --------------------------------------------------------------------------- one run
 
 
-def submit_once(spec: Path, out: Path) -> dict:
-    """Spawn ``rayprof submit``, sample its CPU, and read what its run recorded."""
+def submit_once(spec: Path, out: Path, root: Path = ROOT) -> dict:
+    """Spawn ``rayprof submit`` of the checkout ``root``, sample its CPU, and read what its run recorded."""
     cmd = [sys.executable, "-m", "rayprof.cli", "submit", str(spec), "--output", str(out), *STEPS]
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=root, env=env(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     samples = []
     while proc.poll() is None:
         samples.append((time.time() - t0, tree_cpu(proc.pid)))
@@ -196,7 +197,8 @@ PHASE_TEXT = {
 }
 
 
-def report(results: dict[str, list[dict]], pieces: dict[str, float], args) -> str:
+def report(results: dict[str, list[dict]], pieces: dict[str, float], args,
+           base: dict[str, list[dict]] | None = None) -> str:
     import ray
     import torch
 
@@ -210,7 +212,8 @@ def report(results: dict[str, list[dict]], pieces: dict[str, float], args) -> st
         f"jobs (load average {med([r['load'] for rs in results.values() for r in rs]):.1f} during the runs); "
         f"torch {torch.__version__}, ray {ray.__version__}, rayprof {__version__}, Python "
         f"{platform.python_version()}; {time.strftime('%Y-%m-%d')}.",
-        f"Reproduce: `python benchmarks/startup.py --runs {args.runs} --jobs {args.jobs}`",
+        f"Reproduce: `python benchmarks/startup.py --runs {args.runs} --jobs {args.jobs}"
+        + (f" --baseline CHECKOUT` (CHECKOUT: `git worktree add CHECKOUT {args.baseline_rev}`)" if args.baseline else "`"),
         "",
         "Seconds since `rayprof submit` was spawned, the median of "
         f"{args.runs} fresh processes per job (`fleet`: jobs/fleet.yaml, 5 actors; `one`: one resnet18 actor). "
@@ -228,6 +231,8 @@ def report(results: dict[str, list[dict]], pieces: dict[str, float], args) -> st
     cpu = {j: {k: med([r["cpu"].get(k, 0.0) for r in results[j]]) for k in KIND_NAMES} for j in jobs}
     total = {j: med([sum(r["cpu"].values()) for r in results[j]]) for j in jobs}
     cores = os.cpu_count()
+    if base:
+        lines += baseline_table(results, base, args.baseline_rev)
     lines += ["", "CPU-seconds spent up to the first step, per kind of process (median):", "",
               "| process | " + " | ".join(jobs) + " |", "|---|" + "---|" * len(jobs)]
     lines += [f"| {k} | " + " | ".join(f"{cpu[j][k]:.1f}" for j in jobs) + " |" for k in KIND_NAMES]
@@ -246,8 +251,30 @@ def report(results: dict[str, list[dict]], pieces: dict[str, float], args) -> st
               "well under a second (above). So the first step waits for, one after the other: Ray's start, an "
               "actor's process and its imports, its setup. On a shared machine other jobs take their part of the "
               f"cores too; on {cores} cores the CPU-seconds above, divided by {cores}, bound the first step from "
-              "below. With a core per actor the actors' imports run side by side.", ""]
+              "below. With a core per actor the actors' imports run side by side. What is left for one actor is "
+              "Ray's start (about 5 s of `ray.init` here) and one process's torch and torchvision imports (above), "
+              "one after the other; Ray's `preload_python_modules` (its prestarted workers import torch before the "
+              "actor asks) was tried and gave no steady gain here, while it made every worker process of the job, "
+              "the sink's included, import torch.", ""]
     return "\n".join(lines)
+
+
+BASELINE_ROWS = [("Ray ready", "embedded Ray started, local checks passed (s)"), ("first step", "**first step** (s)"),
+                 ("every actor stepping", "every actor has begun its first step (s)")]
+
+
+def baseline_table(results: dict[str, list[dict]], base: dict[str, list[dict]], rev: str) -> list[str]:
+    """This checkout against another one (``--baseline``), their runs interleaved."""
+    lines = ["", f"Against the checkout of `{rev}` (`--baseline`), its runs interleaved with these (medians):", "",
+             "| job | measure | baseline | this checkout | change |", "|---|---|---|---|---|"]
+    for job in results:
+        rows = [(text, [r[key] for r in base[job]], [r[key] for r in results[job]]) for key, text in BASELINE_ROWS]
+        for who, text in (("driver (rayprof submit)", "driver CPU-s to the first step"), (None, "all processes' CPU-s to the first step")):
+            pick = (lambda r: r["cpu"].get(who, 0.0)) if who else (lambda r: sum(r["cpu"].values()))
+            rows.append((text, [pick(r) for r in base[job]], [pick(r) for r in results[job]]))
+        for text, b, a in rows:
+            lines.append(f"| {job} | {text} | {med(b):.1f} | {med(a):.1f} | {med(a) - med(b):+.1f} |")
+    return lines
 
 
 def main() -> None:
@@ -255,7 +282,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="fresh processes per job; the median is shown")
     ap.add_argument("--jobs", default="fleet,one", help="fleet, one, or both (comma-separated)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout of rayprof (git worktree add DIR REV): its runs interleaved with these")
     args = ap.parse_args()
+    args.baseline_rev = None
+    if args.baseline:
+        args.baseline_rev = subprocess.run(["git", "-C", str(args.baseline), "log", "-1", "--format=%h"],
+                                           capture_output=True, text=True, check=True).stdout.strip()
     subprocess.run([sys.executable, "-c", "from rayprof.samples import ensure_sample; ensure_sample(); "
                     "from rayprof.checks import classification_models; classification_models()"],
                    cwd=ROOT, env=env(), check=True)  # what a machine's first run makes once
@@ -264,14 +297,18 @@ def main() -> None:
         one.write_text(ONE_ACTOR)
         specs = {"fleet": ROOT / "jobs" / "fleet.yaml", "one": one}
         results: dict[str, list[dict]] = {j: [] for j in args.jobs.split(",")}
+        base: dict[str, list[dict]] = {j: [] for j in results}
+        trees = [(ROOT, results, "")] + ([(args.baseline.resolve(), base, "baseline ")] if args.baseline else [])
         for n in range(args.runs):  # interleaved, so a busy moment of a shared machine hits every job
             for job in results:
-                r = submit_once(specs[job], Path(tmp) / f"{job}-{n}")
-                results[job].append(r)
-                print(f"{job:<6} run {n}: first step {r['first step']:5.1f} s, every actor {r['every actor stepping']:5.1f} s,"
-                      f" exit {r['exit']:5.1f} s, CPU to first step {sum(r['cpu'].values()):5.1f} s, load {r['load']:.1f}",
-                      flush=True)
-    text = report(results, piece_costs(3), args)
+                for root, into, label in trees:
+                    spec = root / "jobs" / "fleet.yaml" if job == "fleet" else specs[job]
+                    r = submit_once(spec, Path(tmp) / f"{label}{job}-{n}", root)
+                    into[job].append(r)
+                    print(f"{label}{job:<6} run {n}: first step {r['first step']:5.1f} s, every actor "
+                          f"{r['every actor stepping']:5.1f} s, exit {r['exit']:5.1f} s, CPU to first step "
+                          f"{sum(r['cpu'].values()):5.1f} s, load {r['load']:.1f}", flush=True)
+    text = report(results, piece_costs(3), args, base if args.baseline else None)
     print(text)
     if not args.no_write:
         write_section(ROOT / "benchmarks" / "RESULTS.md", "## Start-up", text)
