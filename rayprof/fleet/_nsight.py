@@ -12,8 +12,8 @@ process exits, into the node's ``<Ray session>/logs/nsight/`` folder (Ray's own
    asked (a zero-CPU task pinned there) for ``nsys --version``: a node without it is a
    :class:`UserError`, not an actor that fails in its runtime-environment setup.
 3. :func:`collect_reports` — after the run the profiled actors exit gracefully
-   (:meth:`~rayprof.fleet._actors.WorkerActor.exit`; ``ray.kill`` would kill nsys's target before it could write a
-   report), a task on each of their nodes waits up to ``wait_s`` for the reports to be complete
+   (:meth:`~rayprof.fleet._actors.WorkerActor.exit`; ``ray.kill`` would kill nsys's target
+   before it could write a report), a task on each of their nodes waits up to ``wait_s`` for the reports to be complete
    and returns their bytes, and the driver stores them as ``run=<id>/_profiles/nsys/<actor>.nsys-rep``.
    A report that does not come is one line on stderr and ``nsys_missing`` in the manifest.
 """

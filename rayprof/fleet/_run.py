@@ -156,8 +156,8 @@ def _local_checks(spec: FleetSpec, run_id: str) -> None:
 def _connect_checking(address: str | None, spec: FleetSpec, run_id: str, embedded: bool) -> bool:
     """:func:`connect`; for an embedded Ray the local checks run meanwhile, on a thread, in the
     seconds Ray takes to start its processes (opening the sources, and torch where a split or a
-    weights file is checked). A failed check is raised as if it had run first, with the new Ray shut down
-    (the caller holds Ray's start-up log: :func:`_ray_logs_held`)."""
+    weights file is checked). A failed check is raised as if it had run first, with the new Ray
+    shut down (the caller holds Ray's start-up log: :func:`_ray_logs_held`)."""
     if not embedded:
         return connect(address, spec)
     with ThreadPoolExecutor(1, thread_name_prefix="rayprof-checks") as pool:
