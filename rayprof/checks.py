@@ -79,7 +79,12 @@ def _catalog() -> dict[str, dict]:
         version = None
     if version is None or "torchvision" in sys.modules:  # imported already: asking it costs nothing
         return _registry()
-    path = _catalog_path(version)
+    return cached_registry(_catalog_path(version), version)
+
+
+def cached_registry(path: Path, version: str) -> dict[str, dict]:
+    """:func:`_registry` kept in ``path`` for torchvision ``version``: read back when the file is
+    valid and of that version, else built and written (atomically; not at all where it cannot be)."""
     try:
         data = json.loads(path.read_text())
         if data.get("format") == _CATALOG_FORMAT and data.get("torchvision") == version and data.get("models"):

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torchvision
 
+from rayprof import checks
 from rayprof.checks import _catalog_path, check_model
 from rayprof.errors import UserError
 
@@ -68,23 +69,40 @@ def test_the_model_list_is_read_from_torchvision_once_then_from_the_cache(tmp_pa
     assert again["cuda"] == torch.version.cuda and again["hip"] == torch.version.hip  # read from torch's version.py
 
 
-@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 1, "torchvision": "0.0.1", "models": {"x": {}}})])
-def test_a_damaged_or_foreign_cache_file_is_rebuilt(tmp_path, content):
-    path = tmp_path / _catalog_path(TV).name
+@pytest.fixture
+def built(monkeypatch):
+    """:func:`checks._registry` counted (its answer: torchvision's, asked once here)."""
+    calls = []
+    answer = checks._registry()
+
+    def registry():
+        calls.append(1)
+        return answer
+
+    monkeypatch.setattr(checks, "_registry", registry)
+    return calls, answer
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", json.dumps({"format": 99, "models": {"x": {}}}),
+                                     json.dumps({"format": 1, "torchvision": "0.0.1", "models": {"x": {}}})])
+def test_a_damaged_or_foreign_cache_file_is_rebuilt(tmp_path, built, content):
+    calls, answer = built
+    path = tmp_path / "torchvision-9.9.json"
     path.write_text(content)
-    out = probe(tmp_path)
-    assert out["imported"] == ["torch", "torchvision"]
-    assert out["models"] == torchvision.models.list_models(module=torchvision.models)
-    assert json.loads(path.read_text())["torchvision"] == TV
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert checks.cached_registry(path, "9.9") == answer and calls == [1]
+    assert json.loads(path.read_text()) == {"format": 1, "torchvision": "9.9", "models": answer}
+    assert checks.cached_registry(path, "9.9") == answer and calls == [1]  # read back, not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
 
 
-def test_an_unwritable_cache_folder_still_answers(tmp_path):
+def test_an_unwritable_cache_folder_still_answers(tmp_path, built):
+    calls, answer = built
     blocked = tmp_path / "file"
     blocked.write_text("a file where the cache folder should be")
-    out = probe(blocked)
-    assert out["models"] == torchvision.models.list_models(module=torchvision.models)
-    assert out["errors"] == errors_here()
+    path = blocked / "torchvision-9.9.json"
+    assert checks.cached_registry(path, "9.9") == answer
+    assert checks.cached_registry(path, "9.9") == answer and calls == [1, 1]  # asked each time
+    assert blocked.read_text().startswith("a file")
 
 
 @pytest.mark.skipif(os.path.exists("/proc/driver/nvidia") or not sys.platform.startswith("linux"),
