@@ -1,6 +1,7 @@
 """The driver's checks without torch: torchvision's model list kept per version in the cache
-folder, and CUDA known absent without importing torch where there is no GPU driver. Each case
-runs in a fresh interpreter, where nothing has imported torch yet."""
+folder, and CUDA known absent without importing torch where there is no GPU driver. What a
+driver sees runs in a fresh interpreter, where nothing has imported torch yet; the cache file's
+own cases (damaged, foreign, unwritable) run here, with torchvision's answer counted."""
 
 import json
 import os
