@@ -216,6 +216,7 @@ def torch_version_attr(name: str) -> str | None:
     return m.group(1) if m else None
 
 
+@lru_cache(maxsize=1)
 def _no_gpu_driver() -> bool:
     """True where no CUDA GPU can exist: Linux without the NVIDIA driver, and a torch built for
     CUDA (not ROCm, whose GPUs torch.cuda also counts)."""

@@ -32,8 +32,6 @@ from .markers import mark
 __all__ = ["MODES", "ModelInfo", "ModelRunner", "check_device", "check_model", "classification_models",
            "find_head", "is_local_path", "replace_head", "resolve_device"]
 
-_CPU_FIX = "run on the CPU instead (device: cpu; drop --infer-on-gpu)"
-
 
 def weights_enum_member(name: str, weights: str, field: str, alternatives: str = "a local .pt/.pth file, or none"):
     """The torchvision weights enum member ``weights`` names for model ``name`` (``IMAGENET1K_V2``
